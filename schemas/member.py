@@ -1,0 +1,144 @@
+"""The member as registered, and the public part of it that travels on events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+from schemas.topics import topic_vocabulary
+
+Kind = Literal["city", "municipality", "district"]
+Region = Literal["north", "east", "south", "west"]
+Sector = Literal["civil_society", "administration", "business"]
+
+#: ISO 3166-2 codes of the 16 German states, with their German name and compass region.
+STATES: dict[str, tuple[str, Region]] = {
+    "DE-BW": ("Baden-Württemberg", "south"),
+    "DE-BY": ("Bayern", "south"),
+    "DE-BE": ("Berlin", "east"),
+    "DE-BB": ("Brandenburg", "east"),
+    "DE-HB": ("Bremen", "north"),
+    "DE-HH": ("Hamburg", "north"),
+    "DE-HE": ("Hessen", "west"),
+    "DE-MV": ("Mecklenburg-Vorpommern", "north"),
+    "DE-NI": ("Niedersachsen", "north"),
+    "DE-NW": ("Nordrhein-Westfalen", "west"),
+    "DE-RP": ("Rheinland-Pfalz", "west"),
+    "DE-SL": ("Saarland", "west"),
+    "DE-SN": ("Sachsen", "east"),
+    "DE-ST": ("Sachsen-Anhalt", "east"),
+    "DE-SH": ("Schleswig-Holstein", "north"),
+    "DE-TH": ("Thüringen", "east"),
+}
+StateCode = Literal[
+    "DE-BW", "DE-BY", "DE-BE", "DE-BB", "DE-HB", "DE-HH", "DE-HE", "DE-MV",
+    "DE-NI", "DE-NW", "DE-RP", "DE-SL", "DE-SN", "DE-ST", "DE-SH", "DE-TH",
+]  # fmt: skip
+
+MEMBER_ID_PATTERN = r"^[a-z0-9-]{2,64}$"
+_MEMBER_ID = re.compile(MEMBER_ID_PATTERN)
+
+
+def region_of(state: str) -> Region:
+    """The compass region ("of the four") a state's members meet in."""
+    return STATES[state][1]
+
+
+def _known_topics(values: list[str]) -> list[str]:
+    vocabulary = topic_vocabulary()
+    unknown = [v for v in values if v not in vocabulary]
+    if unknown:
+        raise ValueError(
+            f"unknown topic(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(vocabulary))}"
+        )
+    # Keep the caller's order but drop repeats: a topic counts once.
+    return list(dict.fromkeys(values))
+
+
+TopicList = Annotated[list[str], AfterValidator(_known_topics)]
+MemberId = Annotated[str, Field(pattern=MEMBER_ID_PATTERN, examples=["goeppingen"])]
+
+
+class Contact(BaseModel):
+    """The member's contact person. Personal data: stored by the registry, never on events."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    email: EmailStr
+
+
+class Partner(BaseModel):
+    """An actor of the local cooperation (civil society, administration, business)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    sector: Sector
+
+
+class PartnerSector(BaseModel):
+    """What events say of a partner: its sector only, never its name."""
+
+    model_config = ConfigDict(extra="forbid")
+    sector: Sector
+
+
+class MemberProfile(BaseModel):
+    """Profile fields shared by registrations and events (no personal data)."""
+
+    id: MemberId
+    name: str = Field(min_length=1, max_length=200)
+    kind: Kind
+    state: StateCode
+    region: Region | None = Field(default=None, description="Derived from `state` when absent.")
+    population: int = Field(ge=1, le=10_000_000)
+    lat: float | None = Field(default=None, ge=47.0, le=55.5)
+    lon: float | None = Field(default=None, ge=5.5, le=15.5)
+    joined: dt.date
+    interests: TopicList = Field(default_factory=list, max_length=32)
+    strengths: TopicList = Field(default_factory=list, max_length=32)
+    mentor_capacity: int = Field(default=1, ge=0, le=50)
+    seeks_tandem: bool | None = Field(
+        default=None,
+        description="When absent: true if `joined` is at most 365 days before registration.",
+    )
+
+    @model_validator(mode="after")
+    def _derive(self) -> MemberProfile:
+        if self.region is None:
+            self.region = region_of(self.state)
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon must be given together")
+        return self
+
+
+class MemberRegistration(MemberProfile):
+    """Body of ``POST /api/members`` and data of ``member.admitted``."""
+
+    model_config = ConfigDict(extra="forbid")
+    contact: Contact | None = None
+    partners: list[Partner] = Field(default_factory=list, max_length=100)
+    exception_reason: str | None = Field(default=None, max_length=2000)
+
+    def resolved_seeks_tandem(self, today: dt.date) -> bool:
+        """``seeks_tandem`` as given, else whether the member joined within the last 365 days."""
+        if self.seeks_tandem is not None:
+            return self.seeks_tandem
+        return (today - self.joined).days <= 365
+
+
+class PublicMember(MemberProfile):
+    """A member as events carry it: no contact, partners by sector only."""
+
+    model_config = ConfigDict(extra="forbid")
+    seeks_tandem: bool | None = None
+    partners: list[PartnerSector] = Field(default_factory=list)
+    status: Literal["active", "left"] = "active"
+
+
+def is_member_id(value: str) -> bool:
+    """Whether ``value`` is a valid member id (slug)."""
+    return bool(_MEMBER_ID.match(value))

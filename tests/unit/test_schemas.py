@@ -1,0 +1,110 @@
+"""The event contracts: envelope round trips, validation, and no drift of the JSON files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import generate
+from schemas.events import (
+    EVENTS,
+    CityJoined,
+    TandemProposed,
+    Topics,
+    UnknownVersion,
+    make_event,
+    parse_event,
+)
+from schemas.member import MemberRegistration
+
+
+def joined(**changes: object) -> CityJoined:
+    data: dict[str, object] = {
+        "id": "goeppingen", "name": "Göppingen", "kind": "city", "state": "DE-BW",
+        "population": 58040, "joined": dt.date(2024, 1, 1), "interests": ["democracy"],
+    }  # fmt: skip
+    data.update(changes)
+    return CityJoined.model_validate(data)
+
+
+def test_envelope_round_trip_keeps_data_and_derives_region() -> None:
+    event = make_event(Topics.CITY_JOINED, "registry", joined())
+    parsed = parse_event(Topics.CITY_JOINED, event.model_dump_json())
+    assert parsed.id == event.id
+    assert parsed.data == event.data
+    assert parsed.data.region == "south"
+    assert json.loads(event.model_dump_json())["version"] == 1
+
+
+def test_checked_in_json_schemas_match_the_models() -> None:
+    assert generate.main(["--check"]) == 0, "run: python -m schemas.generate"
+
+
+def test_every_contract_topic_has_a_schema() -> None:
+    expected = {
+        "city.joined", "city.updated", "city.left", "member.admitted", "tandem.proposed",
+        "tandem.decided", "advice.requested", "advice.matched",
+    }  # fmt: skip
+    assert set(EVENTS) == expected
+    assert set(generate.documents()) >= {f"json/{t}.schema.json" for t in expected}
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"{not json", ValidationError),
+        (b'{"id": "x"}', ValidationError),
+        (None, UnknownVersion),
+    ],
+)
+def test_invalid_records_raise(raw: bytes | None, error: type[Exception]) -> None:
+    if raw is None:
+        event = json.loads(make_event(Topics.CITY_JOINED, "registry", joined()).model_dump_json())
+        event["version"] = 2
+        raw = json.dumps(event).encode()
+    with pytest.raises(error):
+        parse_event(Topics.CITY_JOINED, raw)
+
+
+def test_topic_mismatch_is_refused() -> None:
+    event = make_event(Topics.CITY_JOINED, "registry", joined())
+    with pytest.raises(ValueError, match="does not match"):
+        parse_event(Topics.CITY_UPDATED, event.model_dump_json())
+
+
+def test_unknown_topics_are_refused_with_the_vocabulary() -> None:
+    with pytest.raises(ValidationError, match="unknown topic"):
+        joined(interests=["knitting"])
+
+
+def test_operators_can_extend_the_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TANDEM_EXTRA_TOPICS", "knitting")
+    assert joined(interests=["knitting"]).interests == ["knitting"]
+
+
+def test_events_carry_no_contact() -> None:
+    assert "contact" not in CityJoined.model_fields
+    with pytest.raises(ValidationError):
+        CityJoined.model_validate(
+            {**joined().model_dump(), "contact": {"name": "A", "email": "a@b.de"}}
+        )
+
+
+def test_registration_requires_lat_and_lon_together() -> None:
+    with pytest.raises(ValidationError, match="together"):
+        MemberRegistration.model_validate(
+            {**joined().model_dump(exclude={"partners", "status"}), "lat": 48.7}
+        )
+
+
+def test_make_event_refuses_wrong_data_type() -> None:
+    proposal = TandemProposed(
+        proposal_id=uuid.uuid4(), newcomer_id="a-b", mentor_id="c-d", score=0.5,
+        breakdown={}, reasons=[],
+    )  # fmt: skip
+    with pytest.raises(TypeError):
+        make_event(Topics.CITY_JOINED, "matcher", proposal)

@@ -1,0 +1,1 @@
+"""Tandem's services: the registry, the matcher, and what wires them together."""

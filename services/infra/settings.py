@@ -1,0 +1,86 @@
+"""Configuration: one pydantic-settings class per service, every option as ``TANDEM_<OPTION>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Options every Tandem process understands."""
+
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
+
+    broker: str | None = Field(
+        default=None,
+        description="Kafka bootstrap address HOST:PORT; unset: `tandem up` embeds a broker.",
+    )
+    data: Path = Field(default=Path(".tandem"), description="Directory for SQLite databases.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default sqlite+aiosqlite in the data directory.",
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP listen address.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: a free one).")
+    api_tokens: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated `role:token` or `coordinator:token:<city_id>`; "
+        "unset: generated and kept in the data directory.",
+    )
+    log_level: str = Field(default="INFO", description="Log level.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
+    kafka_session_timeout_ms: int | None = Field(
+        default=None,
+        ge=500,
+        le=300_000,
+        description="Consumer group session timeout; unset: 10000, or 1500 on the embedded "
+        "broker (which accepts short sessions, so a restarted consumer rejoins fast).",
+    )
+    kafka_idempotence: bool = Field(
+        default=False,
+        description="Idempotent producer (real Kafka only; the embedded broker lacks it).",
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    def database_for(self, service: str) -> str:
+        """The database URL of ``service``: the configured one, or its own SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data / f'{service}.db').resolve()}"
+
+
+class RegistrySettings(CommonSettings):
+    """Options of the registry."""
+
+    outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
+    outbox_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
+    )
+
+
+class MatcherSettings(CommonSettings):
+    """Options of the matcher."""
+
+    group_id: str = Field(default="tandem-matcher", description="Kafka consumer group.")
+    weights: str | None = Field(
+        default=None,
+        description="Score weights, e.g. `topics=0.4,population=0.2`; unset: the defaults.",
+    )
+    tandem_months: int = Field(default=12, ge=1, le=120, description="How long a tandem runs.")
+    solve_debounce_ms: int = Field(
+        default=50, ge=0, le=10_000, description="Quiet time that coalesces a burst into a solve."
+    )
+    solve_max_delay_ms: int = Field(
+        default=500, ge=0, le=60_000, description="Longest a change waits for its solve."
+    )
+    outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, description="Relay poll when idle.")

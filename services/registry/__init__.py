@@ -1,0 +1,1 @@
+"""The registry: stores members and announces them through a transactional outbox."""

@@ -1,0 +1,73 @@
+"""The registry's HTTP API: register and read members."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from schemas.member import MemberRegistration
+from services.infra.auth import Principal
+from services.infra.http import Page, field_errors, require
+from services.registry import store
+from services.registry.admission import admission_violations
+from services.registry.service import RegistryService
+
+router = APIRouter(prefix="/api/members", tags=["members"])
+
+
+def _service(request: Request) -> RegistryService:
+    service: RegistryService = request.app.state.registry
+    return service
+
+
+def _out(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in row.items() if k not in {"created_at", "updated_at"}},
+        "joined": row["joined"].isoformat(),
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+@router.post("", status_code=201, summary="Register an admitted member")
+async def register_member(
+    member: MemberRegistration,
+    principal: Annotated[Principal, Depends(require("platform", "staff"))],
+    service: Annotated[RegistryService, Depends(_service)],
+) -> JSONResponse:
+    """Store the member and publish ``city.joined`` (through the outbox, so also when the
+    broker is down). 422 with per-field errors, 409 if the id exists."""
+    violations = admission_violations(member)
+    if violations:
+        return field_errors([(v.field, v.message) for v in violations])
+    try:
+        row = await service.register(member, actor=principal.name)
+    except store.DuplicateMember as error:
+        raise HTTPException(status_code=409, detail=f"member {error} exists already") from error
+    return JSONResponse(status_code=201, content=_out(row))
+
+
+@router.get("", summary="List members (staff)")
+async def list_members(
+    _: Annotated[Principal, Depends(require("staff"))],
+    service: Annotated[RegistryService, Depends(_service)],
+    page: Annotated[Page, Depends()],
+) -> dict[str, Any]:
+    """Members ordered by id, with contact data (staff only; never on events)."""
+    rows, total = await store.list_members(service.engine, page.limit, page.offset)
+    return {"items": [_out(r) for r in rows], "total": total}
+
+
+@router.get("/{member_id}", summary="One member (staff)")
+async def get_member(
+    member_id: str,
+    _: Annotated[Principal, Depends(require("staff"))],
+    service: Annotated[RegistryService, Depends(_service)],
+) -> dict[str, Any]:
+    """One member with all fields; 404 if unknown."""
+    row = await store.get_member(service.engine, member_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"no member {member_id!r}")
+    return _out(row)

@@ -1,0 +1,66 @@
+"""The registry's tables (its own database; names do not clash with the matcher's)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from services.infra.outbox import outbox_table
+
+metadata = MetaData()
+
+members = Table(
+    "members",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("state", String(5), nullable=False),
+    Column("region", String(5), nullable=False),
+    Column("population", Integer, nullable=False),
+    Column("lat", Float, nullable=True),
+    Column("lon", Float, nullable=True),
+    Column("joined", Date, nullable=False),
+    Column("interests", JSON, nullable=False),
+    Column("strengths", JSON, nullable=False),
+    Column("mentor_capacity", Integer, nullable=False),
+    Column("seeks_tandem", Boolean, nullable=False),
+    Column("contact", JSON, nullable=True),
+    Column("partners", JSON, nullable=False),
+    Column("exception_reason", Text, nullable=True),
+    Column("status", String(10), nullable=False, default="active"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+member_history = Table(
+    "member_history",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", String(64), nullable=False, index=True),
+    Column("action", String(20), nullable=False),
+    Column("fields", JSON, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+processed_events = Table(
+    "registry_processed_events",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("topic", String(200), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+outbox = outbox_table(metadata, "registry_outbox")

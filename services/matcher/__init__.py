@@ -1,0 +1,1 @@
+"""The matcher service: proposes Tandem-Städte and collegial-advice partners."""

@@ -1,0 +1,112 @@
+"""The matcher's HTTP API: proposals and staff decisions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from services.infra.auth import Principal
+from services.infra.http import Page, require
+from services.matcher import store
+from services.matcher.decisions import IllegalTransition, ProposalNotFound
+from services.matcher.service import MatcherService
+
+router = APIRouter(prefix="/api", tags=["proposals"])
+Status = Literal["pending", "accepted", "rejected", "superseded", "withdrawn"]
+
+
+class RejectBody(BaseModel):
+    """Why staff reject a proposal."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class AcceptBody(BaseModel):
+    """An optional note on an acceptance."""
+
+    reason: str = Field(default="", max_length=2000)
+
+
+def _service(request: Request) -> MatcherService:
+    service: MatcherService = request.app.state.matcher
+    return service
+
+
+Staff = Annotated[Principal, Depends(require("staff"))]
+Service = Annotated[MatcherService, Depends(_service)]
+
+
+@router.get("/proposals", summary="Tandem proposals, newest first (staff)")
+async def list_proposals(
+    _: Staff,
+    service: Service,
+    page: Annotated[Page, Depends()],
+    status: Annotated[Status | None, Query()] = None,
+    newcomer_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Proposals with breakdown, reasons, alternatives and lifecycle."""
+    items, total = await store.list_proposals(
+        service.engine, status, page.limit, page.offset, newcomer_id
+    )
+    return {"items": items, "total": total}
+
+
+@router.get("/proposals/{proposal_id}", summary="One proposal (staff)")
+async def get_proposal(proposal_id: str, _: Staff, service: Service) -> dict[str, Any]:
+    """One proposal; 404 if unknown."""
+    async with service.engine.connect() as connection:
+        row = await store.get_proposal(connection, proposal_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}")
+    return store.proposal_out(row)
+
+
+async def _decide(
+    service: MatcherService, proposal_id: str, decision: Literal["accepted", "rejected"],
+    principal: Principal, reason: str,
+) -> dict[str, Any]:  # fmt: skip
+    try:
+        return await service.decide(proposal_id, decision, principal.name, reason)
+    except ProposalNotFound as error:
+        raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}") from error
+    except IllegalTransition as error:
+        raise HTTPException(status_code=409, detail=str(error)) from error
+
+
+@router.post("/proposals/{proposal_id}/accept", summary="Accept a pending proposal (staff)")
+async def accept(
+    proposal_id: str, principal: Staff, service: Service, body: AcceptBody | None = None
+) -> dict[str, Any]:
+    """Accept; 409 unless pending. The tandem uses one unit of the mentor's capacity."""
+    return await _decide(service, proposal_id, "accepted", principal, body.reason if body else "")
+
+
+@router.post("/proposals/{proposal_id}/reject", summary="Reject a pending proposal (staff)")
+async def reject(
+    proposal_id: str, body: RejectBody, principal: Staff, service: Service
+) -> dict[str, Any]:
+    """Reject with a reason; the pair is never proposed again and the newcomer gets a new
+    proposal."""
+    return await _decide(service, proposal_id, "rejected", principal, body.reason)
+
+
+@router.get("/newcomers/waiting", summary="Newcomers without a proposal, and why (staff)")
+async def waiting(_: Staff, service: Service) -> dict[str, Any]:
+    """Newcomers the last solve could not match, with the reason."""
+    items = await store.waiting_newcomers(service.engine)
+    return {"items": items, "total": len(items)}
+
+
+@router.get("/matcher/status", summary="What the matcher knows and did (staff)")
+async def matcher_status(_: Staff, service: Service) -> dict[str, Any]:
+    """Counts of members and proposals, solves so far, outbox backlog."""
+    counts = await store.status_counts(service.engine)
+    last = service.last_solve
+    return {
+        **counts,
+        "solves": service.solves,
+        "last_solve": last.__dict__ if last else None,
+        "outbox_backlog": await service.relay.backlog(),
+    }

@@ -1,0 +1,400 @@
+"""Re-plan tandems for everyone waiting, and turn the plan into proposal changes.
+
+``plan_tandems`` is the use case "solve jointly for every newcomer still waiting": it decides
+who is a newcomer, which mentors are eligible for whom, scores all pairs, solves the joint
+assignment and explains the result. ``reconcile`` compares the plan with the proposals that are
+pending and says which to keep, which to create and which to supersede. ``transition`` is the
+proposal lifecycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import networkx as nx
+import numpy as np
+from numpy.typing import NDArray
+
+from services.matcher.domain.assignment import solve_assignment
+from services.matcher.domain.explain import explain_pair
+from services.matcher.domain.model import Member, Pair, Tandem
+from services.matcher.domain.network import tandem_graph
+from services.matcher.domain.scoring import Weights, score_matrix
+
+#: How many alternatives a proposal lists.
+ALTERNATIVES = 3
+
+
+class Unmatched(StrEnum):
+    """Why a newcomer got no proposal in this solve."""
+
+    NO_ELIGIBLE_MENTOR = "no_eligible_mentor"  # nobody active joined in an earlier year
+    NO_CAPACITY = "no_capacity"  # earlier members exist, all busy with running tandems
+    ALL_REJECTED = "all_rejected"  # those with capacity are all rejected or forbidden
+    CAPACITY_TAKEN = "capacity_taken"  # suitable mentors went to other newcomers this round
+
+
+UNMATCHED_MESSAGES_DE = {
+    Unmatched.NO_ELIGIBLE_MENTOR: "Noch kein aktives Mitglied ist in einem früheren Jahr "
+    "beigetreten; es gibt keine mögliche Tandem-Stadt.",
+    Unmatched.NO_CAPACITY: "Alle früher beigetretenen Mitglieder sind mit laufenden Tandems "
+    "ausgelastet.",
+    Unmatched.ALL_REJECTED: "Alle früher beigetretenen Mitglieder mit freier Kapazität wurden "
+    "abgelehnt oder sind ausgeschlossen.",
+    Unmatched.CAPACITY_TAKEN: "Die passenden Tandem-Städte sind in dieser Runde anderen neuen "
+    "Mitgliedern zugeordnet; sobald Kapazität frei wird, folgt ein Vorschlag.",
+}
+
+
+def unmatched_message(reason: str) -> str:
+    """German explanation of an unmatched reason code for staff."""
+    return UNMATCHED_MESSAGES_DE[Unmatched(reason)]
+
+
+class DroppedPin(StrEnum):
+    """Why a pinned pair was not applied (the newcomer is then planned normally)."""
+
+    NOT_A_NEWCOMER = "not_a_newcomer"
+    UNKNOWN_MENTOR = "unknown_mentor"  # not an active member
+    NOT_ELIGIBLE = "not_eligible"  # same member, or not joined in an earlier year
+    EXCLUDED = "excluded"  # rejected or forbidden pair
+    NO_CAPACITY = "no_capacity"  # the mentor has no free capacity left for it
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """Another eligible mentor for the newcomer, with its score."""
+
+    mentor_id: str
+    score: float
+    breakdown: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedProposal:
+    """The mentor planned for a newcomer, why, and the next best eligible mentors."""
+
+    newcomer_id: str
+    mentor_id: str
+    score: float
+    breakdown: dict[str, float]
+    reasons: list[str]
+    alternatives: tuple[Alternative, ...]
+    pinned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Result of a joint solve: proposals by newcomer id, and who stays unmatched and why."""
+
+    proposals: list[PlannedProposal]
+    unmatched: dict[str, str]
+    dropped_pins: dict[str, str] = field(default_factory=dict)
+
+    def proposal_for(self, newcomer_id: str) -> PlannedProposal | None:
+        """The planned proposal of a newcomer, if any."""
+        return next((p for p in self.proposals if p.newcomer_id == newcomer_id), None)
+
+
+def newcomers_of(members: Sequence[Member], tandems: Sequence[Tandem]) -> list[Member]:
+    """Active members seeking a tandem that never had an accepted tandem as newcomer."""
+    had_tandem = {t.newcomer_id for t in tandems}
+    return sorted(
+        (x for x in members if x.active and x.seeks_tandem and x.id not in had_tandem),
+        key=lambda x: x.id,
+    )
+
+
+def free_capacity(
+    members: Sequence[Member], tandems: Sequence[Tandem], today: dt.date
+) -> dict[str, int]:
+    """Per member: ``mentor_capacity`` minus its running tandems as mentor (never below 0)."""
+    running = Counter(t.mentor_id for t in tandems if t.is_running(today))
+    return {x.id: max(0, x.mentor_capacity - running[x.id]) for x in members}
+
+
+def plan_tandems(
+    members: Sequence[Member],
+    tandems: Sequence[Tandem],
+    pending: Mapping[str, str],
+    rejected: set[Pair],
+    forbidden: set[Pair],
+    pinned: Mapping[str, str],
+    weights: Weights,
+    today: dt.date,
+    graph_of_past_tandems: nx.Graph | None = None,
+) -> Plan:
+    """Plan a mentor for every newcomer, jointly (see ``solve_assignment``).
+
+    ``pending``: newcomer id -> mentor id of its current pending proposal (kept when tied).
+    ``rejected``/``forbidden``: (newcomer id, mentor id) pairs never to propose. ``pinned``:
+    newcomer id -> mentor id it must get; pins that are not possible are dropped and reported
+    in ``Plan.dropped_pins``. ``graph_of_past_tandems`` defaults to the graph of ``tandems``.
+    Newcomers and mentors are ordered by id, so the same input gives the same plan.
+    """
+    newcomers = newcomers_of(members, tandems)
+    if not newcomers:
+        return Plan(proposals=[], unmatched={})
+    graph = tandem_graph(tandems) if graph_of_past_tandems is None else graph_of_past_tandems
+    capacity_of = free_capacity(members, tandems, today)
+    active = sorted((x for x in members if x.active), key=lambda x: x.id)
+    mentors = [x for x in active if capacity_of[x.id] > 0]
+    capacity = np.array([capacity_of[x.id] for x in mentors], dtype=np.int_)
+    feasible = _feasibility(newcomers, mentors, rejected | forbidden)
+    scores = score_matrix(newcomers, mentors, weights, today, graph)
+    column = {x.id: j for j, x in enumerate(mentors)}
+    # Infeasible incumbents (e.g. the pair was since forbidden) get no bonus in the solver.
+    incumbent = np.array([column.get(pending.get(x.id, ""), -1) for x in newcomers], dtype=np.int_)
+    pins, dropped = _pins(
+        newcomers, active, column, capacity, feasible, pinned, rejected | forbidden
+    )
+    chosen = solve_assignment(scores.total, capacity, feasible, incumbent, pins)
+
+    unmatched: dict[str, str] = {}
+    years = np.sort([x.joined.year for x in active])
+    mentor_years = np.sort([x.joined.year for x in mentors])
+    for row in np.flatnonzero(chosen < 0).tolist():
+        unmatched[newcomers[row].id] = _unmatched_reason(
+            newcomers[row], years, mentor_years, feasible[row]
+        )
+    rows = np.flatnonzero(chosen >= 0)
+    others = _alternatives(scores.total, feasible, rows, chosen[rows])
+    # Breakdowns of every planned and alternative pair in one vectorised call.
+    cell_rows = np.concatenate([rows, np.repeat(rows, ALTERNATIVES)])
+    cell_cols = np.concatenate([chosen[rows], others.ravel()])
+    listed = cell_cols >= 0
+    cell_rows, cell_cols = cell_rows[listed], cell_cols[listed]
+    parts = scores.breakdowns(cell_rows, cell_cols)
+    found = {
+        (int(i), int(j)): (float(scores.total[i, j]), {c: float(parts[c][k]) for c in parts})
+        for k, (i, j) in enumerate(zip(cell_rows.tolist(), cell_cols.tolist(), strict=True))
+    }
+    proposals = []
+    for i, j, alternatives in zip(
+        rows.tolist(), chosen[rows].tolist(), others.tolist(), strict=True
+    ):
+        newcomer, mentor = newcomers[i], mentors[j]
+        score, breakdown = found[(i, j)]
+        proposals.append(
+            PlannedProposal(
+                newcomer_id=newcomer.id,
+                mentor_id=mentor.id,
+                score=score,
+                breakdown=breakdown,
+                reasons=explain_pair(newcomer, mentor, breakdown, weights),
+                alternatives=tuple(
+                    Alternative(mentors[k].id, *found[(i, k)]) for k in alternatives if k >= 0
+                ),
+                pinned=bool(pins[i] >= 0),
+            )
+        )
+    return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
+
+
+def _feasibility(
+    newcomers: Sequence[Member], mentors: Sequence[Member], excluded: set[Pair]
+) -> NDArray[np.bool_]:
+    """Eligible pairs: mentor joined in an earlier calendar year, not the newcomer itself, and
+    the pair not rejected or forbidden (mentors without free capacity are not columns)."""
+    year_n = np.array([x.joined.year for x in newcomers])
+    year_m = np.array([x.joined.year for x in mentors])
+    feasible: NDArray[np.bool_] = year_m[None, :] < year_n[:, None]
+    row = {x.id: i for i, x in enumerate(newcomers)}
+    column = {x.id: j for j, x in enumerate(mentors)}
+    for newcomer_id, mentor_id in excluded:
+        if newcomer_id in row and mentor_id in column:
+            feasible[row[newcomer_id], column[mentor_id]] = False
+    # An earlier year already rules out pairing a member with itself; kept explicit for safety.
+    for newcomer_id, i in row.items():
+        if newcomer_id in column:
+            feasible[i, column[newcomer_id]] = False
+    return feasible
+
+
+def _pins(
+    newcomers: Sequence[Member],
+    active: Sequence[Member],
+    column: Mapping[str, int],
+    capacity: NDArray[np.int_],
+    feasible: NDArray[np.bool_],
+    pinned: Mapping[str, str],
+    excluded: set[Pair],
+) -> tuple[NDArray[np.int_], dict[str, str]]:
+    """Pinned columns per newcomer (-1 if none) and the pins that cannot be honoured."""
+    row = {x.id: i for i, x in enumerate(newcomers)}
+    members = {x.id: x for x in active}
+    pins = np.full(len(newcomers), -1, dtype=np.int_)
+    load = np.zeros_like(capacity)
+    dropped: dict[str, str] = {}
+    for newcomer_id in sorted(pinned):  # sorted: who loses an over-full pin is deterministic
+        mentor_id = pinned[newcomer_id]
+        if newcomer_id not in row:
+            dropped[newcomer_id] = DroppedPin.NOT_A_NEWCOMER
+        elif mentor_id not in members:
+            dropped[newcomer_id] = DroppedPin.UNKNOWN_MENTOR
+        elif (newcomer_id, mentor_id) in excluded:
+            dropped[newcomer_id] = DroppedPin.EXCLUDED
+        elif mentor_id not in column:
+            dropped[newcomer_id] = DroppedPin.NO_CAPACITY
+        elif not feasible[row[newcomer_id], column[mentor_id]]:
+            dropped[newcomer_id] = DroppedPin.NOT_ELIGIBLE
+        elif load[column[mentor_id]] >= capacity[column[mentor_id]]:
+            dropped[newcomer_id] = DroppedPin.NO_CAPACITY
+        else:
+            pins[row[newcomer_id]] = column[mentor_id]
+            load[column[mentor_id]] += 1
+    return pins, dropped
+
+
+def _unmatched_reason(
+    newcomer: Member,
+    active_years: NDArray[np.int_],
+    mentor_years: NDArray[np.int_],
+    feasible_row: NDArray[np.bool_],
+) -> str:
+    if np.searchsorted(active_years, newcomer.joined.year) == 0:
+        return Unmatched.NO_ELIGIBLE_MENTOR
+    if np.searchsorted(mentor_years, newcomer.joined.year) == 0:
+        return Unmatched.NO_CAPACITY
+    if not feasible_row.any():
+        return Unmatched.ALL_REJECTED
+    return Unmatched.CAPACITY_TAKEN
+
+
+def _alternatives(
+    scores: NDArray[np.float64],
+    feasible: NDArray[np.bool_],
+    rows: NDArray[np.int_],
+    chosen: NDArray[np.int_],
+) -> NDArray[np.int_]:
+    """Per row the ``ALTERNATIVES`` best other feasible mentor columns, best first (-1 pads).
+
+    Whether a mentor's capacity is used by another proposal of this solve does not matter.
+    Equal scores are ordered by column (mentor id); a tie for the last place is broken
+    deterministically by ``np.argpartition``.
+    """
+    n, m = rows.size, scores.shape[1]
+    result = np.full((n, ALTERNATIVES), -1, dtype=np.int_)
+    k = min(ALTERNATIVES, m)
+    if k == 0:
+        return result
+    step = max(1, (1 << 15) // max(m, 1))
+    for start in range(0, n, step):
+        block = slice(start, min(start + step, n))
+        key = np.where(feasible[rows[block]], scores[rows[block]], -np.inf)
+        local = np.arange(key.shape[0])
+        key[local, chosen[block]] = -np.inf
+        top = np.argpartition(key, m - k, axis=1)[:, m - k :] if k < m else np.argsort(key)
+        top_keys = np.take_along_axis(key, top, axis=1)
+        # Best first; equal keys by column. lexsort sorts by the last key first.
+        order = np.lexsort((top, -top_keys), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        top_keys = np.take_along_axis(top_keys, order, axis=1)
+        result[block, :k] = np.where(top_keys > -np.inf, top, -1)
+    return result
+
+
+# --- from plan to proposal changes ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewProposal:
+    """A proposal to create; ``supersedes`` is the pending proposal it replaces, if any."""
+
+    planned: PlannedProposal
+    supersedes: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What to do with the proposals after a re-plan.
+
+    ``keep``: pending proposal ids that stay as they are. ``new``: proposals to create.
+    ``supersede``: every pending proposal id to mark ``superseded``: those replaced by a new
+    proposal (named in its ``supersedes``) and those of newcomers that are now unmatched or no
+    longer newcomers (superseded with no replacement).
+    """
+
+    keep: tuple[str, ...]
+    new: tuple[NewProposal, ...]
+    supersede: tuple[str, ...]
+
+
+def reconcile(plan: Plan, pending_proposals: Mapping[str, tuple[str, str]]) -> Changes:
+    """Compare ``plan`` with the pending proposals (newcomer id -> (proposal id, mentor id)).
+
+    Same mentor as pending: keep. Different mentor: a new proposal that supersedes the old
+    one. Pending proposal but no planned mentor: superseded without replacement. Proposals of
+    members that left are the caller's to ``withdraw`` before planning (that is what
+    ``withdrawn`` means); ``reconcile`` never withdraws.
+    """
+    keep: list[str] = []
+    new: list[NewProposal] = []
+    supersede: list[str] = []
+    planned = {p.newcomer_id: p for p in plan.proposals}
+    for proposal in plan.proposals:
+        current = pending_proposals.get(proposal.newcomer_id)
+        if current is not None and current[1] == proposal.mentor_id:
+            keep.append(current[0])
+            continue
+        if current is not None:
+            supersede.append(current[0])
+        new.append(NewProposal(planned=proposal, supersedes=current[0] if current else None))
+    for newcomer_id in sorted(pending_proposals):
+        if newcomer_id not in planned:
+            supersede.append(pending_proposals[newcomer_id][0])
+    return Changes(keep=tuple(keep), new=tuple(new), supersede=tuple(supersede))
+
+
+# --- proposal lifecycle ----------------------------------------------------------------------
+
+
+class ProposalStatus(StrEnum):
+    """Where a proposal stands."""
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # a re-plan replaced it or left the newcomer without one
+    WITHDRAWN = "withdrawn"  # a member in it left the network
+
+
+class ProposalAction(StrEnum):
+    """What can happen to a proposal."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    SUPERSEDE = "supersede"
+    WITHDRAW = "withdraw"
+
+
+class IllegalTransition(ValueError):
+    """The action is not allowed in the proposal's current status (HTTP: 409)."""
+
+
+_TRANSITIONS = {
+    (ProposalStatus.PENDING, ProposalAction.ACCEPT): ProposalStatus.ACCEPTED,
+    (ProposalStatus.PENDING, ProposalAction.REJECT): ProposalStatus.REJECTED,
+    (ProposalStatus.PENDING, ProposalAction.SUPERSEDE): ProposalStatus.SUPERSEDED,
+    (ProposalStatus.PENDING, ProposalAction.WITHDRAW): ProposalStatus.WITHDRAWN,
+}
+
+
+def transition(status: str, action: str) -> ProposalStatus:
+    """The status after ``action``; only pending proposals can change (all others are final).
+
+    Raises ``IllegalTransition`` (a ``ValueError``) otherwise, and ``ValueError`` for unknown
+    statuses or actions.
+    """
+    current, act = ProposalStatus(status), ProposalAction(action)
+    try:
+        return _TRANSITIONS[(current, act)]
+    except KeyError:
+        raise IllegalTransition(
+            f"cannot {act.value} a proposal that is {current.value}; "
+            "only pending proposals can be accepted, rejected, superseded or withdrawn"
+        ) from None

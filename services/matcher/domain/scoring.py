@@ -1,0 +1,620 @@
+"""How well an experienced member (mentor) fits a newcomer: five criteria, each in [0, 1].
+
+The total is the weighted mean of the criteria (weights normalised to sum 1), so it is in [0, 1]:
+
+* ``topics``: share of the newcomer's interests the mentor offers as strengths, plus
+  ``SHARED_INTEREST_CREDIT`` (0.25) per shared interest (both want to work on it), relative to
+  the number of the newcomer's interests, capped at 1. A newcomer without interests gets the
+  neutral ``NO_INTERESTS_TOPIC_SCORE`` (0.5) for every mentor.
+* ``population``: ``max(0, 1 - |log10(p_newcomer / p_mentor)|)``: equal size 1, one town twice
+  the other 0.70, three times 0.52, five times 0.30, ten times or more 0.
+* ``geography``: with both coordinates ``max(0, 1 - d / 600 km)`` (great-circle distance ``d``):
+  37 km 0.94, 150 km 0.75, 300 km 0.5, 600 km or more 0. Without coordinates: same state 0.8,
+  same region (north/east/south/west) 0.5, otherwise 0.1, matching typical distances.
+* ``experience``: the mentor's years in the network at ``today``, ``min(1, years / 5)``.
+* ``network``: from the graph of past and running tandems: 0 for former partners (avoid
+  re-pairing), 0.25 when they share a former partner, 0.5 when otherwise connected, 1 when not
+  connected at all (a new link for the network).
+
+``score_matrix`` computes all newcomer x mentor pairs at once with numpy; ``score_pair`` is the
+plain-Python reference of the same formulas (tests assert they agree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from numpy.typing import NDArray
+
+from services.matcher.domain.model import Member
+from services.matcher.domain.network import component_labels
+
+#: The criteria in the order they are reported.
+CRITERIA: tuple[str, ...] = ("topics", "population", "geography", "experience", "network")
+
+SHARED_INTEREST_CREDIT = 0.25
+NO_INTERESTS_TOPIC_SCORE = 0.5
+#: A size ratio of 10^POPULATION_ZERO_DECADES (10x) scores 0.
+POPULATION_ZERO_DECADES = 1.0
+#: Distance at which geography reaches 0.
+GEOGRAPHY_ZERO_KM = 600.0
+SAME_STATE_SCORE = 0.8
+SAME_REGION_SCORE = 0.5
+OTHER_REGION_SCORE = 0.1
+#: Years in the network after which experience counts fully.
+FULL_EXPERIENCE_YEARS = 5.0
+FORMER_PARTNERS_SCORE = 0.0
+COMMON_PARTNER_SCORE = 0.25
+CONNECTED_SCORE = 0.5
+UNCONNECTED_SCORE = 1.0
+
+EARTH_RADIUS_KM = 6371.0088
+
+Matrix = NDArray[np.float64]
+Vector = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Relative weight of each criterion; normalised to sum 1 when scoring.
+
+    Defaults: topics 0.35 (what the tandem works on is the programme's point: "experience with
+    what the newcomer wants to work on"), population 0.25 and geography 0.25 ("similar
+    conditions", and visits need short trips), experience 0.10 (eligibility already requires an
+    earlier cohort; this only prefers long-standing members among those), network 0.05 (a gentle
+    nudge towards new links that must not outweigh content).
+    """
+
+    topics: float = 0.35
+    population: float = 0.25
+    geography: float = 0.25
+    experience: float = 0.10
+    network: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in CRITERIA:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"weight {name!r} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"weight {name!r} must be a finite number >= 0, got {value!r}")
+        if self.total <= 0:
+            raise ValueError("at least one weight must be > 0 (all weights are 0)")
+
+    @property
+    def total(self) -> float:
+        """Sum of the weights."""
+        return float(sum(getattr(self, name) for name in CRITERIA))
+
+    def as_dict(self) -> dict[str, float]:
+        """The weights by criterion name, as given."""
+        return {name: float(getattr(self, name)) for name in CRITERIA}
+
+    def normalised(self) -> dict[str, float]:
+        """The weights by criterion name, scaled to sum 1."""
+        total = self.total
+        return {name: float(getattr(self, name)) / total for name in CRITERIA}
+
+    @classmethod
+    def parse(cls, text: str) -> Weights:
+        """Weights from ``"topics=0.4,population=0.2,..."`` (the ``TANDEM_WEIGHTS`` format).
+
+        Criteria not mentioned keep their default; an empty text gives the defaults. Raises
+        ``ValueError`` naming the offending item on unknown criteria, repeats, missing ``=``,
+        non-numbers, negative or non-finite values, and when all weights end up 0.
+        """
+        values: dict[str, float] = {}
+        for raw in text.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            name, sep, number = (part.strip() for part in item.partition("="))
+            if not sep:
+                raise ValueError(f"weight item {item!r} must look like name=number")
+            if name not in CRITERIA:
+                raise ValueError(
+                    f"unknown criterion {name!r} in weights; known: {', '.join(CRITERIA)}"
+                )
+            if name in values:
+                raise ValueError(f"criterion {name!r} is given twice in weights")
+            try:
+                values[name] = float(number)
+            except ValueError:
+                raise ValueError(f"weight {name!r} must be a number, got {number!r}") from None
+        return cls(**values)
+
+
+DEFAULT_WEIGHTS = Weights()
+
+
+@dataclass(frozen=True, slots=True)
+class PairScore:
+    """The total score of one newcomer/mentor pair and its per-criterion scores."""
+
+    total: float
+    breakdown: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreMatrix:
+    """Scores of all newcomers (rows) against all mentors (columns).
+
+    ``total`` is an n x m float64 array in [0, 1]. ``parts`` maps each criterion to its n x m
+    array, computed on first access (read-only; uniform parts are broadcast views): most
+    callers only need the total and a few cells, see ``breakdowns``.
+    """
+
+    total: Matrix
+    parts: Mapping[str, Matrix]
+    criteria: _Criteria = field(repr=False)
+
+    def breakdowns(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> dict[str, Vector]:
+        """Per-criterion scores of the cells ``(rows[k], cols[k])``, without full parts."""
+        cells = _Cells(np.asarray(rows, dtype=np.int_), np.asarray(cols, dtype=np.int_))
+        return {name: self.criteria.compute(name, cells, np.empty(cells.size)) for name in CRITERIA}
+
+    def breakdown(self, row: int, column: int) -> dict[str, float]:
+        """Per-criterion scores of one pair."""
+        parts = self.breakdowns(np.array([row]), np.array([column]))
+        return {name: float(values[0]) for name, values in parts.items()}
+
+
+# --- the reference formulas, one pair at a time -------------------------------------------
+
+
+def topic_score(newcomer: Member, mentor: Member) -> float:
+    """Topic fit: offered interests plus a smaller credit for shared interests, capped at 1."""
+    if not newcomer.interests:
+        return NO_INTERESTS_TOPIC_SCORE
+    offered = len(newcomer.interests & mentor.strengths)
+    shared = len(newcomer.interests & mentor.interests)
+    return min(1.0, (offered + SHARED_INTEREST_CREDIT * shared) / len(newcomer.interests))
+
+
+def population_score(newcomer: Member, mentor: Member) -> float:
+    """Size similarity on a log scale: 1 for equal size, 0 from a factor of ten."""
+    decades = abs(math.log10(newcomer.population) - math.log10(mentor.population))
+    return max(0.0, 1.0 - decades / POPULATION_ZERO_DECADES)
+
+
+def distance_km(a: Member, b: Member) -> float | None:
+    """Great-circle (haversine) distance in km, or ``None`` when a location is unknown."""
+    if a.lat is None or a.lon is None or b.lat is None or b.lon is None:
+        return None
+    lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
+    hav = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(hav)))
+
+
+def geography_score(newcomer: Member, mentor: Member) -> float:
+    """Closeness: linear in distance when located, else same state / region / elsewhere."""
+    distance = distance_km(newcomer, mentor)
+    if distance is not None:
+        return max(0.0, 1.0 - distance / GEOGRAPHY_ZERO_KM)
+    if newcomer.state == mentor.state:
+        return SAME_STATE_SCORE
+    if newcomer.region == mentor.region:
+        return SAME_REGION_SCORE
+    return OTHER_REGION_SCORE
+
+
+def years_in_network(member: Member, today: dt.date) -> float:
+    """Years since the member joined (negative if it joins in the future)."""
+    return (today - member.joined).days / 365.25
+
+
+def experience_score(mentor: Member, today: dt.date) -> float:
+    """The mentor's years in the network, full credit from ``FULL_EXPERIENCE_YEARS``."""
+    return min(1.0, max(0.0, years_in_network(mentor, today) / FULL_EXPERIENCE_YEARS))
+
+
+def network_score(newcomer_id: str, mentor_id: str, graph: nx.Graph | None) -> float:
+    """How new the link would be: 0 for former partners up to 1 for unconnected members."""
+    if graph is None or newcomer_id not in graph or mentor_id not in graph:
+        return UNCONNECTED_SCORE
+    if graph.has_edge(newcomer_id, mentor_id):
+        return FORMER_PARTNERS_SCORE
+    if set(graph[newcomer_id]) & set(graph[mentor_id]):
+        return COMMON_PARTNER_SCORE
+    if nx.has_path(graph, newcomer_id, mentor_id):
+        return CONNECTED_SCORE
+    return UNCONNECTED_SCORE
+
+
+def score_pair(
+    newcomer: Member,
+    mentor: Member,
+    weights: Weights,
+    today: dt.date,
+    graph: nx.Graph | None = None,
+) -> PairScore:
+    """Score one pair with the plain formulas; equals the matching ``score_matrix`` entry."""
+    breakdown = {
+        "topics": topic_score(newcomer, mentor),
+        "population": population_score(newcomer, mentor),
+        "geography": geography_score(newcomer, mentor),
+        "experience": experience_score(mentor, today),
+        "network": network_score(newcomer.id, mentor.id, graph),
+    }
+    share = weights.normalised()
+    total = sum(share[name] * breakdown[name] for name in CRITERIA)
+    return PairScore(total=min(1.0, max(0.0, total)), breakdown=breakdown)
+
+
+# --- the same formulas over the whole matrix -----------------------------------------------
+
+
+def score_matrix(
+    newcomers: Sequence[Member],
+    mentors: Sequence[Member],
+    weights: Weights,
+    today: dt.date,
+    graph: nx.Graph | None = None,
+) -> ScoreMatrix:
+    """Score every newcomer (row) against every mentor (column), vectorised.
+
+    Per-member feature arrays are built once (O(n + m)); the n x m work is numpy arithmetic
+    and small matrix products, done in blocks of rows so that temporaries stay in the CPU
+    cache and only ``total`` is written to memory.
+    """
+    criteria = _Criteria.of(newcomers, mentors, today, graph)
+    share = weights.normalised()
+    n, m = len(newcomers), len(mentors)
+    total = np.empty((n, m))
+    # Terms that depend on the mentor only are added as one row vector per block.
+    per_mentor = share["experience"] * criteria.experience
+    pairwise = ["topics", "population", "geography"]
+    if criteria.network_is_uniform:
+        per_mentor = per_mentor + share["network"] * UNCONNECTED_SCORE
+    else:
+        pairwise.append("network")
+    pairwise = [name for name in pairwise if share[name] > 0]
+    step = _rows_per_block(m)
+    scratch = np.empty((min(step, n), m))
+    for start in range(0, n, step):
+        cells = _Cells(np.arange(start, min(start + step, n)))
+        out = total[start : start + cells.size]
+        out[:] = per_mentor
+        for name in pairwise:
+            part = criteria.compute(name, cells, scratch[: cells.size])
+            part *= share[name]
+            out += part
+        np.clip(out, 0.0, 1.0, out=out)
+    return ScoreMatrix(total=total, parts=_LazyParts(criteria), criteria=criteria)
+
+
+#: Cells per block of rows (256 KiB of float64): large enough to amortise Python overhead,
+#: small enough for a few such blocks to stay in the CPU's L2 cache.
+_BLOCK_CELLS = 1 << 15
+
+
+def _rows_per_block(columns: int) -> int:
+    return max(1, _BLOCK_CELLS // max(columns, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Cells:
+    """Which pairs to compute: ``rows`` x all mentors (a block), or the pairs
+    ``(rows[k], cols[k])`` when ``cols`` is given. The criteria are written once for both:
+    ``row``/``col`` shape per-member arrays so that they broadcast to the result."""
+
+    rows: NDArray[np.int_]
+    cols: NDArray[np.int_] | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.size)
+
+    def row(self, values: NDArray[Any]) -> NDArray[Any]:
+        return values[self.rows] if self.cols is not None else values[self.rows, None]
+
+    def col(self, values: NDArray[Any]) -> NDArray[Any]:
+        return values[self.cols] if self.cols is not None else values[None, :]
+
+    def dot(self, left: Matrix, right: Matrix, out: Matrix) -> Matrix:
+        """Products of the rows' factors (members x d) and the columns' (d x members)."""
+        if self.cols is None:
+            return np.matmul(left[self.rows], right, out=out)
+        out[:] = np.einsum("kd,dk->k", left[self.rows], right[:, self.cols])
+        return out
+
+
+class _LazyParts(Mapping[str, Matrix]):
+    """Criterion name -> n x m scores, each computed on first access (writing five more
+    n x m arrays would cost more than scoring itself, and few callers need them)."""
+
+    def __init__(self, criteria: _Criteria) -> None:
+        self._criteria = criteria
+        self._done: dict[str, Matrix] = {}
+
+    def __getitem__(self, name: str) -> Matrix:
+        if name not in CRITERIA:
+            raise KeyError(name)
+        if name not in self._done:
+            self._done[name] = self._criteria.full(name)
+        return self._done[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CRITERIA)
+
+    def __len__(self) -> int:
+        return len(CRITERIA)
+
+
+@dataclass(frozen=True, slots=True)
+class _Criteria:
+    """Per-member feature arrays of newcomers (``_n``, rows) and mentors (``_m``, columns),
+    built once, and the vectorised criteria over them."""
+
+    n: int
+    m: int
+    log_size_n: Vector
+    log_size_m: Vector
+    # Haversine via products: rows . cols gives sin(dlat/2) and, with sqrt(cos lat) folded
+    # into both sides, sqrt(cos lat1 cos lat2) sin(dlon/2); no cancellation at short range.
+    lat_n: Matrix  # n x 2
+    lat_m: Matrix  # 2 x m
+    lon_n: Matrix  # n x 2
+    lon_m: Matrix  # 2 x m
+    located_n: NDArray[np.bool_]
+    located_m: NDArray[np.bool_]
+    state_n: NDArray[np.int64]
+    state_m: NDArray[np.int64]
+    region_n: NDArray[np.int64]
+    region_m: NDArray[np.int64]
+    wants: Matrix  # n x topics: 1 where the newcomer is interested
+    offers: Matrix  # topics x m: 1 per strength plus the shared-interest credit per interest
+    interest_count: Vector
+    experience: Vector
+    component_n: NDArray[np.int64]  # -1 outside the graph
+    component_m: NDArray[np.int64]
+    # Newcomer row -> (sorted mentor columns, their score) for former and common partners.
+    close: dict[int, tuple[NDArray[np.int_], Vector]]
+
+    @staticmethod
+    def of(
+        newcomers: Sequence[Member],
+        mentors: Sequence[Member],
+        today: dt.date,
+        graph: nx.Graph | None,
+    ) -> _Criteria:
+        everyone = [*newcomers, *mentors]
+        topics = sorted(
+            set().union(*(x.interests for x in everyone), *(x.strengths for x in everyone))
+        )
+        index = {t: k for k, t in enumerate(topics)}
+        codes = {
+            s: k
+            for k, s in enumerate(
+                sorted({x.state for x in everyone} | {x.region for x in everyone})
+            )
+        }
+        wants = _indicator([x.interests for x in newcomers], index)
+        offers = _indicator([x.strengths for x in mentors], index)
+        offers += SHARED_INTEREST_CREDIT * _indicator([x.interests for x in mentors], index)
+        side_n, side_m = _Side.of(newcomers, codes), _Side.of(mentors, codes)
+        lat_n, lon_n = side_n.half_angles(rows=True)
+        lat_m, lon_m = side_m.half_angles(rows=False)
+        component_n, component_m, close = _network_features(newcomers, mentors, graph)
+        years = (today.toordinal() - side_m.joined) / 365.25
+        return _Criteria(
+            n=len(newcomers),
+            m=len(mentors),
+            log_size_n=np.log10(side_n.population),
+            log_size_m=np.log10(side_m.population),
+            lat_n=lat_n,
+            lat_m=lat_m,
+            lon_n=lon_n,
+            lon_m=lon_m,
+            located_n=side_n.located,
+            located_m=side_m.located,
+            state_n=side_n.state,
+            state_m=side_m.state,
+            region_n=side_n.region,
+            region_m=side_m.region,
+            wants=wants,
+            offers=np.ascontiguousarray(offers.T),
+            interest_count=wants.sum(axis=1),
+            experience=np.clip(years / FULL_EXPERIENCE_YEARS, 0.0, 1.0),
+            component_n=component_n,
+            component_m=component_m,
+            close=close,
+        )
+
+    @property
+    def network_is_uniform(self) -> bool:
+        """Whether no newcomer is in the tandem graph, so every link would be new."""
+        return not self.close and not bool((self.component_n >= 0).any())
+
+    def full(self, name: str) -> Matrix:
+        """One criterion for all pairs (read-only; a broadcast view where it is uniform)."""
+        if name == "experience":
+            return np.broadcast_to(self.experience, (self.n, self.m))
+        if name == "network" and self.network_is_uniform:
+            return np.broadcast_to(np.float64(UNCONNECTED_SCORE), (self.n, self.m))
+        result = np.empty((self.n, self.m))
+        step = _rows_per_block(self.m)
+        for start in range(0, self.n, step):
+            cells = _Cells(np.arange(start, min(start + step, self.n)))
+            self.compute(name, cells, result[start : start + cells.size])
+        result.flags.writeable = False
+        return result
+
+    def compute(self, name: str, cells: _Cells, out: Matrix) -> Matrix:
+        """One criterion for ``cells``, written into ``out`` (shaped like the cells)."""
+        if name == "topics":
+            return self._topics(cells, out)
+        if name == "population":
+            return self._population(cells, out)
+        if name == "geography":
+            return self._geography(cells, out)
+        if name == "experience":
+            out[:] = cells.col(self.experience)
+            return out
+        return self._network(cells, out)
+
+    def _topics(self, cells: _Cells, out: Matrix) -> Matrix:
+        # Entries are sums of 1 and 0.25, exact in binary: after the division they equal the
+        # scalar formula bit for bit.
+        cells.dot(self.wants, self.offers, out)
+        counts = cells.row(self.interest_count)
+        silent = counts == 0
+        out /= np.where(silent, 1.0, counts)
+        np.clip(out, 0.0, 1.0, out=out)
+        np.copyto(out, NO_INTERESTS_TOPIC_SCORE, where=silent)
+        return out
+
+    def _population(self, cells: _Cells, out: Matrix) -> Matrix:
+        np.subtract(cells.row(self.log_size_n), cells.col(self.log_size_m), out=out)
+        np.abs(out, out=out)
+        out *= -1.0 / POPULATION_ZERO_DECADES
+        out += 1.0
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+    def _geography(self, cells: _Cells, out: Matrix) -> Matrix:
+        cells.dot(self.lat_n, self.lat_m, out)
+        np.square(out, out=out)
+        lon = cells.dot(self.lon_n, self.lon_m, np.empty_like(out))
+        np.square(lon, out=lon)
+        out += lon  # the haversine of the central angle
+        np.sqrt(out, out=out)
+        np.clip(out, 0.0, 1.0, out=out)
+        np.arcsin(out, out=out)
+        out *= -2.0 * EARTH_RADIUS_KM / GEOGRAPHY_ZERO_KM  # distance as a share of the range
+        out += 1.0
+        np.clip(out, 0.0, 1.0, out=out)
+        if cells.cols is not None:
+            blind = ~(self.located_n[cells.rows] & self.located_m[cells.cols])
+            out[blind] = self._regions(cells.rows[blind], cells.cols[blind])
+            return out
+        # A block: whole rows and whole columns lack coordinates.
+        blind_rows = np.flatnonzero(~self.located_n[cells.rows])
+        blind_cols = np.flatnonzero(~self.located_m)
+        everyone = np.arange(self.m)
+        for row in blind_rows:
+            out[row] = self._regions(cells.rows[row], everyone)
+        if blind_cols.size:
+            out[:, blind_cols] = self._regions(cells.rows[:, None], blind_cols[None, :])
+        return out
+
+    def _regions(self, rows: NDArray[np.int_] | int, cols: NDArray[np.int_]) -> Matrix:
+        """Geography without coordinates: same state, same region, or elsewhere."""
+        same_state = self.state_n[rows] == self.state_m[cols]
+        same_region = self.region_n[rows] == self.region_m[cols]
+        return np.where(
+            same_state,
+            SAME_STATE_SCORE,
+            np.where(same_region, SAME_REGION_SCORE, OTHER_REGION_SCORE),
+        )
+
+    def _network(self, cells: _Cells, out: Matrix) -> Matrix:
+        component = cells.row(self.component_n)
+        linked = (component == cells.col(self.component_m)) & (component >= 0)
+        np.copyto(out, np.where(linked, CONNECTED_SCORE, UNCONNECTED_SCORE))
+        if cells.cols is None:
+            for local, row in enumerate(cells.rows.tolist()):
+                if row in self.close:
+                    out[local, self.close[row][0]] = self.close[row][1]
+            return out
+        for k, (row, col) in enumerate(zip(cells.rows.tolist(), cells.cols.tolist(), strict=True)):
+            if row in self.close:
+                cols, values = self.close[row]
+                at = int(np.searchsorted(cols, col))
+                if at < cols.size and cols[at] == col:
+                    out[k] = values[at]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """Scalar features of one side's members as arrays, read in one pass."""
+
+    population: Vector
+    lat: Vector  # radians, 0 where unknown
+    lon: Vector
+    located: NDArray[np.bool_]
+    joined: Vector  # proleptic ordinal of the joining date
+    state: NDArray[np.int64]
+    region: NDArray[np.int64]
+
+    @staticmethod
+    def of(members: Sequence[Member], codes: Mapping[str, int]) -> _Side:
+        rows = [
+            (
+                x.population,
+                x.lat if x.lat is not None and x.lon is not None else math.nan,
+                x.lon if x.lat is not None and x.lon is not None else math.nan,
+                x.joined.toordinal(),
+                codes[x.state],
+                codes[x.region],
+            )
+            for x in members
+        ]
+        table = np.array(rows, dtype=float).reshape(len(members), 6)
+        located = ~np.isnan(table[:, 1])
+        return _Side(
+            population=table[:, 0],
+            lat=np.radians(np.where(located, table[:, 1], 0.0)),
+            lon=np.radians(np.where(located, table[:, 2], 0.0)),
+            located=located,
+            joined=table[:, 3],
+            state=table[:, 4].astype(np.int64),
+            region=table[:, 5].astype(np.int64),
+        )
+
+    def half_angles(self, rows: bool) -> tuple[Matrix, Matrix]:
+        """Factors whose row . column products give the haversine terms (see ``_Criteria``)."""
+        lat, lon = self.lat, self.lon
+        root_cos = np.sqrt(np.cos(lat))
+        if rows:  # sin(a/2)cos(b/2) - cos(a/2)sin(b/2) = sin((a - b)/2)
+            lat_terms = np.stack([np.sin(lat / 2), -np.cos(lat / 2)], axis=1)
+            lon_terms = np.stack([np.sin(lon / 2), -np.cos(lon / 2)], axis=1)
+            return lat_terms, lon_terms * root_cos[:, None]
+        lat_terms = np.stack([np.cos(lat / 2), np.sin(lat / 2)])
+        lon_terms = np.stack([np.cos(lon / 2), np.sin(lon / 2)])
+        return lat_terms, lon_terms * root_cos[None, :]
+
+
+def _indicator(topic_sets: Sequence[frozenset[str]], index: Mapping[str, int]) -> Matrix:
+    rows = [row for row, topics in enumerate(topic_sets) for _ in topics]
+    cols = [index[t] for topics in topic_sets for t in topics]
+    table = np.zeros((len(topic_sets), len(index)))
+    table[rows, cols] = 1.0
+    return table
+
+
+def _network_features(
+    newcomers: Sequence[Member], mentors: Sequence[Member], graph: nx.Graph | None
+) -> tuple[NDArray[np.int64], NDArray[np.int64], dict[int, tuple[NDArray[np.int_], Vector]]]:
+    """Component labels (computed once) and the few former/common-partner cells."""
+    outside_n = np.full(len(newcomers), -1, dtype=np.int64)
+    outside_m = np.full(len(mentors), -1, dtype=np.int64)
+    inside = [] if graph is None else [i for i, x in enumerate(newcomers) if x.id in graph]
+    if graph is None or not inside:
+        # Usual case: newcomers have no tandem yet, so every link would be new.
+        return outside_n, outside_m, {}
+    labels = component_labels(graph)
+    component_n = np.array([labels.get(x.id, -1) for x in newcomers], dtype=np.int64)
+    component_m = np.array([labels.get(x.id, -1) for x in mentors], dtype=np.int64)
+    column = {x.id: j for j, x in enumerate(mentors)}
+    close: dict[int, tuple[NDArray[np.int_], Vector]] = {}
+    for i in inside:
+        me = newcomers[i].id
+        partners = set(graph[me])
+        seconds = set().union(*(graph[p] for p in partners)) - partners - {me}
+        scores = {column[x]: COMMON_PARTNER_SCORE for x in seconds if x in column}
+        scores.update({column[x]: FORMER_PARTNERS_SCORE for x in partners if x in column})
+        if scores:
+            cols = np.array(sorted(scores), dtype=np.int_)
+            close[i] = (cols, np.array([scores[j] for j in cols], dtype=float))
+    return component_n, component_m, close

@@ -1,0 +1,203 @@
+"""The matcher as a running service: ingest events, coalesce changes, re-solve, decide."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from schemas.events import CityJoined, Envelope, UnknownVersion, parse_event
+from services.infra.db import make_engine, migrate
+from services.infra.deadletter import dead_letter, enqueue_dead_letter
+from services.infra.kafka import KafkaSink
+from services.infra.outbox import OutboxRelay, RecordSink
+from services.infra.settings import MatcherSettings
+from services.matcher import store, tables
+from services.matcher.decisions import Decision, decide
+from services.matcher.domain.scoring import Weights
+from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+
+
+class MatcherService:
+    """Keeps the read model, proposes tandems, takes decisions."""
+
+    def __init__(self, settings: MatcherSettings, sink: RecordSink | None = None) -> None:
+        self.settings = settings
+        self.weights = Weights.parse(settings.weights) if settings.weights else Weights()
+        self.engine = make_engine(settings.database_for("matcher"))
+        if sink is None:
+            if not settings.broker:
+                raise ValueError("the matcher needs a broker address (TANDEM_BROKER)")
+            sink = KafkaSink(
+                settings.broker, idempotence=settings.kafka_idempotence, client_id="tandem-matcher"
+            )
+        self.sink = sink
+        self.relay = OutboxRelay(
+            self.engine,
+            tables.outbox,
+            sink,
+            batch=settings.outbox_batch,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.solves = 0
+        self.last_solve: SolveResult | None = None
+        self.consuming = False
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Migrate, then run the relay and the solver in the background."""
+        await migrate(self.engine, MIGRATIONS, "alembic_version_matcher")
+        await ensure_lock_row(self.engine)
+        self._dirty.set()  # a crash may have left ingested changes unsolved
+        self._tasks = [
+            asyncio.create_task(self.relay.run(), name="matcher-outbox-relay"),
+            asyncio.create_task(self._solve_loop(), name="matcher-solver"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop background work and close connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        close = getattr(self.sink, "close", None)
+        if close is not None:
+            await close()
+        await self.engine.dispose()
+
+    async def ready(self) -> dict[str, bool]:
+        """Whether the database and the broker answer and the consumer runs."""
+        try:
+            await self.relay.backlog()
+            database = True
+        except Exception:
+            database = False
+        return {"database": database, "broker": self.relay.broker_ok and self.consuming}
+
+    # ingest ---------------------------------------------------------------------------------
+    async def ingest(self, topic: str, records: Sequence[Any]) -> None:
+        """Apply a batch of Kafka records of ``topic`` in one transaction: dedup on the
+        envelope id, update the read model, dead-letter what is invalid. Transient database
+        errors are retried with backoff; if they persist the error propagates and the records
+        are delivered again (never acknowledged unprocessed)."""
+        valid: list[Envelope[Any]] = []
+        dead = []
+        for record in records:
+            try:
+                valid.append(parse_event(topic, record.value or b""))
+            except (ValidationError, UnknownVersion, ValueError) as error:
+                dead.append(dead_letter(record, error, consumer="matcher"))
+                log.warning(
+                    "dead letter",
+                    extra={"topic": topic, "offset": record.offset, "error": type(error).__name__},
+                )
+        delay = 0.1
+        for attempt in range(6):
+            try:
+                changed = await self._apply(topic, valid, dead)
+                break
+            except TRANSIENT as error:
+                if attempt == 5:
+                    raise
+                log.warning("database busy (%s); retrying in %.1f s", type(error).__name__, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        if changed:
+            self.request_solve()
+        if dead:
+            self.relay.wake()
+
+    async def _apply(self, topic: str, events: list[Envelope[Any]], dead: list[Any]) -> bool:
+        changed = False
+        async with self.engine.begin() as connection:
+            for envelope in events:
+                if await store.seen_before(connection, str(envelope.id), topic):
+                    continue
+                if isinstance(envelope.data, CityJoined):
+                    changed |= await store.upsert_member(connection, envelope.data)
+            for letter in dead:
+                await enqueue_dead_letter(connection, tables.outbox, letter)
+        return changed
+
+    # solving --------------------------------------------------------------------------------
+    def request_solve(self) -> None:
+        """Ask for a re-solve; a burst of requests is coalesced into few solves."""
+        self._dirty.set()
+
+    async def solve_now(self) -> SolveResult:
+        """Re-solve at once (also used by tests and the bench)."""
+        result = await resolve(self.engine, self.weights, self.today(), self.holder)
+        self.solves += 1
+        self.last_solve = result
+        if result.proposed:
+            self.relay.wake()
+        return result
+
+    async def _solve_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        debounce = self.settings.solve_debounce_ms / 1000
+        max_delay = self.settings.solve_max_delay_ms / 1000
+        backoff = 0.5
+        while True:
+            await self._dirty.wait()
+            first = loop.time()
+            # Wait for a quiet moment (or the longest delay) so a burst becomes one solve.
+            while True:
+                self._dirty.clear()
+                remaining = max_delay - (loop.time() - first)
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), min(debounce, remaining))
+                except TimeoutError:
+                    break
+            self._dirty.clear()
+            try:
+                result = await self.solve_now()
+                backoff = 0.5
+                log.info(
+                    "solved",
+                    extra={"proposed": result.proposed, "superseded": result.superseded,
+                           "unmatched": result.unmatched},
+                )  # fmt: skip
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("solve failed; retrying in %.1f s", backoff)
+                self._dirty.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+
+    # decisions ------------------------------------------------------------------------------
+    async def decide(
+        self, proposal_id: str, decision: Decision, actor: str, reason: str
+    ) -> dict[str, Any]:
+        """Accept or reject a pending proposal; publishes ``tandem.decided`` and re-solves."""
+        row = await decide(
+            self.engine, proposal_id, decision, actor, reason, self.today(),
+            self.settings.tandem_months,
+        )  # fmt: skip
+        self.relay.wake()
+        self.request_solve()
+        return row
+
+    def today(self) -> dt.date:
+        """The matcher's notion of today (UTC)."""
+        return dt.datetime.now(dt.UTC).date()

@@ -1,0 +1,182 @@
+"""The matcher's database access: read model, proposals, dedup, outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.member import PublicMember
+from services.infra.outbox import utcnow
+from services.matcher import tables
+from services.matcher.domain.model import Member
+
+PROPOSAL_STATUSES = ("pending", "accepted", "rejected", "superseded", "withdrawn")
+
+
+async def seen_before(connection: AsyncConnection, event_id: str, topic: str) -> bool:
+    """Record ``event_id`` as processed; True if it was already (then change nothing)."""
+    known = await connection.scalar(
+        select(func.count())
+        .select_from(tables.processed_events)
+        .where(tables.processed_events.c.event_id == event_id)
+    )
+    if known:
+        return True
+    await connection.execute(
+        insert(tables.processed_events).values(event_id=event_id, topic=topic, at=utcnow())
+    )
+    return False
+
+
+async def upsert_member(connection: AsyncConnection, member: PublicMember) -> bool:
+    """Insert or update the read model's copy of ``member``; True if anything changed."""
+    values: dict[str, Any] = {
+        "name": member.name,
+        "kind": member.kind,
+        "state": member.state,
+        "region": member.region,
+        "population": member.population,
+        "lat": member.lat,
+        "lon": member.lon,
+        "joined": member.joined,
+        "interests": list(member.interests),
+        "strengths": list(member.strengths),
+        "mentor_capacity": member.mentor_capacity,
+        "seeks_tandem": bool(member.seeks_tandem),
+        "status": member.status,
+    }
+    current = (
+        await connection.execute(select(tables.members).where(tables.members.c.id == member.id))
+    ).mappings().first()  # fmt: skip
+    if current is None:
+        await connection.execute(
+            insert(tables.members).values(id=member.id, updated_at=utcnow(), **values)
+        )
+        return True
+    if all(current[k] == v for k, v in values.items()):
+        return False
+    await connection.execute(
+        update(tables.members)
+        .where(tables.members.c.id == member.id)
+        .values(updated_at=utcnow(), **values)
+    )
+    return True
+
+
+def domain_member(row: RowMapping) -> Member:
+    """The domain's view of a read-model row."""
+    return Member(
+        id=row["id"],
+        name=row["name"],
+        state=row["state"],
+        region=row["region"],
+        population=row["population"],
+        lat=row["lat"],
+        lon=row["lon"],
+        joined=row["joined"],
+        interests=frozenset(row["interests"]),
+        strengths=frozenset(row["strengths"]),
+        mentor_capacity=row["mentor_capacity"],
+        seeks_tandem=row["seeks_tandem"],
+        active=row["status"] == "active",
+    )
+
+
+def proposal_out(row: RowMapping | dict[str, Any]) -> dict[str, Any]:
+    """A proposal as the API shows it: the ``tandem.proposed`` data plus its lifecycle."""
+
+    def iso(value: dt.datetime | dt.date | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    out: dict[str, Any] = {
+        "proposal_id": row["proposal_id"],
+        "newcomer_id": row["newcomer_id"],
+        "mentor_id": row["mentor_id"],
+        "score": row["score"],
+        "breakdown": row["breakdown"],
+        "reasons": row["reasons"],
+        "alternatives": row["alternatives"],
+        "supersedes": row["supersedes"],
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+    }
+    if row["status"] in {"accepted", "rejected"}:
+        out.update(
+            decided_at=iso(row["decided_at"]),
+            decided_by=row["decided_by"],
+            decision_reason=row["decision_reason"],
+        )
+    if row["ends_on"] is not None:
+        out["ends_on"] = iso(row["ends_on"])
+    return out
+
+
+async def list_proposals(
+    engine: AsyncEngine, status: str | None, limit: int, offset: int, newcomer_id: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Proposals newest first, optionally of one status or newcomer, and their total."""
+    query = select(tables.proposals)
+    count = select(func.count()).select_from(tables.proposals)
+    if status:
+        query = query.where(tables.proposals.c.status == status)
+        count = count.where(tables.proposals.c.status == status)
+    if newcomer_id:
+        query = query.where(tables.proposals.c.newcomer_id == newcomer_id)
+        count = count.where(tables.proposals.c.newcomer_id == newcomer_id)
+    async with engine.connect() as connection:
+        total = await connection.scalar(count)
+        rows = (
+            await connection.execute(
+                query.order_by(tables.proposals.c.seq.desc()).limit(limit).offset(offset)
+            )
+        ).mappings().all()  # fmt: skip
+    return [proposal_out(r) for r in rows], int(total or 0)
+
+
+async def get_proposal(connection: AsyncConnection, proposal_id: str) -> RowMapping | None:
+    """One proposal row."""
+    return (
+        await connection.execute(
+            select(tables.proposals).where(tables.proposals.c.proposal_id == proposal_id)
+        )
+    ).mappings().first()  # fmt: skip
+
+
+async def waiting_newcomers(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Newcomers without a pending or accepted proposal, with the reason."""
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(select(tables.waiting).order_by(tables.waiting.c.newcomer_id))
+        ).mappings().all()  # fmt: skip
+    return [
+        {
+            "newcomer_id": r["newcomer_id"],
+            "status": r["status"],
+            "message": r["message"],
+            "updated_at": r["updated_at"].isoformat(),
+        }
+        for r in rows
+    ]
+
+
+async def status_counts(engine: AsyncEngine) -> dict[str, int]:
+    """How much the matcher knows: members, proposals by status, waiting newcomers."""
+    async with engine.connect() as connection:
+        members = await connection.scalar(select(func.count()).select_from(tables.members))
+        by_status: dict[str, int] = dict(
+            (
+                await connection.execute(
+                    select(tables.proposals.c.status, func.count()).group_by(
+                        tables.proposals.c.status
+                    )
+                )
+            ).all()
+        )
+        waiting = await connection.scalar(select(func.count()).select_from(tables.waiting))
+    counts = {"members": int(members or 0), "waiting": int(waiting or 0)}
+    counts.update({s: int(by_status.get(s, 0)) for s in PROPOSAL_STATUSES})
+    return counts

@@ -1,0 +1,101 @@
+"""The matcher's own database: its read model of members, proposals and decisions.
+
+Table names do not clash with the registry's, so both may share one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from services.infra.outbox import outbox_table
+
+metadata = MetaData()
+
+members = Table(
+    "matcher_members",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("state", String(5), nullable=False),
+    Column("region", String(5), nullable=False),
+    Column("population", Integer, nullable=False),
+    Column("lat", Float, nullable=True),
+    Column("lon", Float, nullable=True),
+    Column("joined", Date, nullable=False),
+    Column("interests", JSON, nullable=False),
+    Column("strengths", JSON, nullable=False),
+    Column("mentor_capacity", Integer, nullable=False),
+    Column("seeks_tandem", Boolean, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+proposals = Table(
+    "proposals",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("proposal_id", String(36), nullable=False, unique=True),
+    Column("newcomer_id", String(64), nullable=False, index=True),
+    Column("mentor_id", String(64), nullable=False, index=True),
+    Column("score", Float, nullable=False),
+    Column("breakdown", JSON, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("alternatives", JSON, nullable=False),
+    Column("supersedes", String(36), nullable=True),
+    Column("status", String(12), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Column("decided_by", String(200), nullable=True),
+    Column("decision_reason", Text, nullable=True),
+    Column("ends_on", Date, nullable=True),
+)
+
+pair_rules = Table(
+    "pair_rules",
+    metadata,
+    Column("newcomer_id", String(64), primary_key=True),
+    Column("mentor_id", String(64), primary_key=True),
+    Column("rule", String(10), nullable=False),  # "forbidden" or "pinned"
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+waiting = Table(
+    "newcomer_status",
+    metadata,
+    Column("newcomer_id", String(64), primary_key=True),
+    Column("status", String(30), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+processed_events = Table(
+    "matcher_processed_events",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("topic", String(200), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+solver_lock = Table(
+    "solver_lock",
+    metadata,
+    Column("name", String(20), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("generation", Integer, nullable=False),
+)
+
+outbox = outbox_table(metadata, "matcher_outbox")

@@ -1,0 +1,258 @@
+"""The joint assignment: optimal, within every hard constraint, stable for incumbents."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+from scipy.optimize import linear_sum_assignment
+
+from services.matcher.domain import assignment
+from services.matcher.domain.assignment import INCUMBENT_TOLERANCE, solve_assignment
+from services.matcher.domain.network import min_cost_flow_assignment
+
+Ints = NDArray[np.int_]
+
+
+def none(n: int) -> Ints:
+    return np.full(n, -1, dtype=np.int_)
+
+
+def value(scores: NDArray[np.float64], chosen: Ints) -> tuple[int, float]:
+    """(matched newcomers, total score) of an assignment."""
+    rows = np.flatnonzero(chosen >= 0)
+    return int(rows.size), float(scores[rows, chosen[rows]].sum())
+
+
+def brute_force(
+    scores: NDArray[np.float64],
+    capacity: Ints,
+    feasible: NDArray[np.bool_],
+    incumbent: Ints,
+    pinned: Ints,
+) -> tuple[int, float, int]:
+    """Best (matched, total, incumbents kept) over every assignment, by enumeration."""
+    n, m = scores.shape
+    options = [
+        [int(pinned[i])] if pinned[i] >= 0 else [-1, *np.flatnonzero(feasible[i]).tolist()]
+        for i in range(n)
+    ]
+    best = (-1, -1.0, -1)
+    for choice in itertools.product(*options):
+        load = np.bincount([j for j in choice if j >= 0], minlength=m)
+        if (load > capacity).any():
+            continue
+        matched = sum(j >= 0 for j in choice)
+        total = round(sum(scores[i, j] for i, j in enumerate(choice) if j >= 0), 9)
+        kept = sum(j >= 0 and j == incumbent[i] for i, j in enumerate(choice))
+        best = max(best, (matched, total, kept))
+    return best
+
+
+@st.composite
+def instances(draw: st.DrawFn) -> tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints]:
+    """Small random instances; scores on a 0.05 grid so that ties happen often."""
+    n = draw(st.integers(0, 4))
+    m = draw(st.integers(0, 4))
+    grid = st.integers(0, 20).map(lambda k: k / 20)
+    scores = np.array(draw(st.lists(grid, min_size=n * m, max_size=n * m)), dtype=float)
+    scores = scores.reshape(n, m)
+    capacity = np.array(draw(st.lists(st.integers(0, 2), min_size=m, max_size=m)), dtype=np.int_)
+    feasible = np.array(draw(st.lists(st.booleans(), min_size=n * m, max_size=n * m)), dtype=bool)
+    feasible = feasible.reshape(n, m)
+    incumbent = np.array(
+        draw(st.lists(st.integers(-1, m - 1), min_size=n, max_size=n)), dtype=np.int_
+    )
+    # Pins: each row may pin one of its feasible mentors while capacity is left.
+    pinned, load = none(n), np.zeros(m, dtype=np.int_)
+    for i in range(n):
+        open_cols = [j for j in np.flatnonzero(feasible[i]) if load[j] < capacity[j]]
+        wants_pin = draw(st.integers(0, 3)) == 0
+        if open_cols and wants_pin:
+            j = draw(st.sampled_from(open_cols))
+            pinned[i], load[j] = j, load[j] + 1
+    return scores, capacity, feasible, incumbent, pinned
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances())
+def test_solver_matches_brute_force_and_keeps_every_hard_constraint(
+    instance: tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints],
+) -> None:
+    scores, capacity, feasible, incumbent, pinned = instance
+    chosen = solve_assignment(scores, capacity, feasible, incumbent, pinned)
+
+    rows = np.flatnonzero(chosen >= 0)
+    assert feasible[rows, chosen[rows]].all()
+    assert (np.bincount(chosen[rows], minlength=capacity.size) <= capacity).all()
+    assert (chosen[pinned >= 0] == pinned[pinned >= 0]).all()
+
+    matched, total = value(scores, chosen)
+    kept = int(((chosen == incumbent) & (chosen >= 0)).sum())
+    best = brute_force(scores, capacity, feasible, incumbent, pinned)
+    assert (matched, round(total, 9)) == best[:2]
+    # Scores differ by at least 0.05 here, far above the tolerance: incumbents decide ties only.
+    assert kept == best[2]
+
+    again = solve_assignment(scores.copy(), capacity.copy(), feasible.copy(), incumbent, pinned)
+    assert (again == chosen).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances())
+def test_solver_agrees_with_networkx_min_cost_flow(
+    instance: tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints],
+) -> None:
+    scores, capacity, feasible, _, _ = instance
+    n = scores.shape[0]
+    ours = solve_assignment(scores, capacity, feasible, none(n), none(n))
+    flow = min_cost_flow_assignment(scores, capacity, feasible)
+    assert value(scores, ours)[0] == value(scores, flow)[0]
+    assert value(scores, ours)[1] == pytest.approx(value(scores, flow)[1], abs=1e-9)
+
+
+def full_problem(
+    scores: NDArray[np.float64], capacity: Ints, feasible: NDArray[np.bool_]
+) -> tuple[int, float]:
+    """The unreduced reference: every capacity slot a column, plus "unassigned" columns."""
+    n, _ = scores.shape
+    slots = np.repeat(np.arange(capacity.size), capacity)
+    big = n + 1.0
+    cost = np.where(feasible[:, slots], -(big + scores[:, slots]), np.inf)
+    cost = np.hstack([cost, np.zeros((n, n))])
+    rows, cols = linear_sum_assignment(cost)
+    chosen = none(n)
+    real = cols < slots.size
+    chosen[rows[real]] = slots[cols[real]]
+    return value(scores, chosen)
+
+
+@pytest.mark.parametrize("first", [1, 2, 8])
+def test_column_reduction_is_exact_on_contested_instances(
+    monkeypatch: pytest.MonkeyPatch, first: int
+) -> None:
+    # Popular mentors (a column effect) make rows compete, so short candidate lists fail the
+    # certificate and must grow; the optimum must still be the full problem's.
+    monkeypatch.setattr(assignment, "FIRST_CANDIDATES", first)
+    rng = np.random.default_rng(first)
+    for _ in range(40):
+        n, m = int(rng.integers(1, 30)), int(rng.integers(1, 40))
+        scores = np.clip(0.6 * rng.random((1, m)) + 0.4 * rng.random((n, m)), 0, 1).round(3)
+        capacity = rng.integers(0, 3, m)
+        feasible = rng.random((n, m)) < rng.uniform(0.2, 1.0)
+        chosen = solve_assignment(scores, capacity, feasible, none(n), none(n))
+        matched, total = value(scores, chosen)
+        expected = full_problem(scores, capacity, feasible)
+        assert matched == expected[0]
+        assert total == pytest.approx(expected[1], abs=1e-9)
+
+
+def test_joint_solve_beats_arrival_order_greedy() -> None:
+    # Newcomer 0 likes both mentors; newcomer 1 only fits mentor 0. Greedy in arrival order
+    # gives mentor 0 to newcomer 0 and leaves newcomer 1 with a poor partner.
+    scores = np.array([[0.90, 0.80], [0.85, 0.10]])
+    capacity = np.array([1, 1])
+    feasible = np.ones((2, 2), dtype=bool)
+
+    greedy = none(2)
+    for i in range(2):
+        free = [j for j in range(2) if j not in greedy]
+        greedy[i] = max(free, key=lambda j: scores[i, j])
+    chosen = solve_assignment(scores, capacity, feasible, none(2), none(2))
+
+    assert greedy.tolist() == [0, 1]
+    assert chosen.tolist() == [1, 0]
+    assert value(scores, chosen)[1] == pytest.approx(1.65)
+    assert value(scores, chosen)[1] > value(scores, greedy)[1] + 0.5
+
+
+def test_matching_more_newcomers_comes_before_a_higher_total() -> None:
+    # Newcomer 1 can only take mentor 0. Highest total alone would give mentor 0 to newcomer 0
+    # (0.9) and leave newcomer 1 out; matching both (0.1 + 0.5) is preferred.
+    scores = np.array([[0.9, 0.1], [0.5, 0.0]])
+    feasible = np.array([[True, True], [True, False]])
+    chosen = solve_assignment(scores, np.array([1, 1]), feasible, none(2), none(2))
+    assert chosen.tolist() == [1, 0]
+
+
+def test_capacity_two_takes_two_newcomers() -> None:
+    scores = np.array([[0.9, 0.2], [0.8, 0.3], [0.7, 0.4]])
+    chosen = solve_assignment(scores, np.array([2, 0]), np.ones((3, 2), bool), none(3), none(3))
+    assert sorted(chosen.tolist()) == [-1, 0, 0]
+    assert chosen[0] == 0 and chosen[1] == 0
+
+
+def test_incumbent_kept_when_tied_and_replaced_only_by_a_real_improvement() -> None:
+    feasible = np.ones((1, 2), dtype=bool)
+    capacity = np.array([1, 1])
+    tied = np.array([[0.6, 0.6]])
+    assert solve_assignment(tied, capacity, feasible, np.array([1]), none(1)).tolist() == [1]
+    assert solve_assignment(tied, capacity, feasible, np.array([0]), none(1)).tolist() == [0]
+
+    within = np.array([[0.6 + INCUMBENT_TOLERANCE / 10, 0.6]])
+    assert solve_assignment(within, capacity, feasible, np.array([1]), none(1)).tolist() == [1]
+    better = np.array([[0.61, 0.6]])
+    assert solve_assignment(better, capacity, feasible, np.array([1]), none(1)).tolist() == [0]
+
+
+def test_incumbent_that_became_infeasible_is_ignored() -> None:
+    feasible = np.array([[True, False]])
+    chosen = solve_assignment(
+        np.array([[0.2, 0.9]]), np.array([1, 1]), feasible, np.array([1]), none(1)
+    )
+    assert chosen.tolist() == [0]
+
+
+def test_pins_are_honoured_even_against_the_score() -> None:
+    scores = np.array([[0.9, 0.1], [0.8, 0.7]])
+    chosen = solve_assignment(
+        scores, np.array([1, 1]), np.ones((2, 2), bool), none(2), np.array([1, -1])
+    )
+    assert chosen.tolist() == [1, 0]
+
+
+def test_pins_beyond_capacity_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"pins exceed mentor capacity.*column 0: 2 pins"):
+        solve_assignment(
+            np.full((2, 1), 0.5), np.array([1]), np.ones((2, 1), bool), none(2), np.array([0, 0])
+        )
+
+
+def test_infeasible_pin_is_refused() -> None:
+    with pytest.raises(ValueError, match="not feasible: row 0 -> column 0"):
+        solve_assignment(
+            np.full((1, 1), 0.5), np.array([1]), np.zeros((1, 1), bool), none(1), np.array([0])
+        )
+
+
+@pytest.mark.parametrize(
+    ("scores", "capacity", "feasible", "message"),
+    [
+        (np.full((2, 2), 0.5), np.array([1]), np.ones((2, 2), bool), "capacity must have"),
+        (np.full((2, 2), 0.5), np.array([1, 1]), np.ones((2, 3), bool), "feasible has shape"),
+        (np.full((2, 2), 1.5), np.array([1, 1]), np.ones((2, 2), bool), "within \\[0, 1\\]"),
+        (np.full((2, 2), np.nan), np.array([1, 1]), np.ones((2, 2), bool), "finite"),
+        (np.full((2, 2), 0.5), np.array([1, -1]), np.ones((2, 2), bool), "capacity must be >= 0"),
+    ],
+)
+def test_inconsistent_input_is_refused(
+    scores: NDArray[np.float64], capacity: Ints, feasible: NDArray[np.bool_], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        solve_assignment(scores, capacity, feasible, none(2), none(2))
+
+
+def test_empty_instances() -> None:
+    assert (
+        solve_assignment(
+            np.zeros((0, 3)), np.ones(3, np.int_), np.ones((0, 3), bool), none(0), none(0)
+        ).size
+        == 0
+    )
+    assert solve_assignment(
+        np.zeros((2, 0)), np.ones(0, np.int_), np.ones((2, 0), bool), none(2), none(2)
+    ).tolist() == [-1, -1]

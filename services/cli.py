@@ -1,0 +1,162 @@
+"""The ``tandem`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from services.infra.settings import CommonSettings, RegistrySettings
+from services.runtime import Node, ServiceName
+
+app = typer.Typer(
+    help="Tandem: Tandem-Städte and collegial advice for the Engagierte Stadt network.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+registry_app = typer.Typer(help="The registry alone (what docker-compose runs).")
+app.add_typer(registry_app, name="registry")
+console = Console(stderr=True)
+
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", help="Kafka HOST:PORT; unset: an embedded broker.")
+]
+HostOpt = Annotated[str | None, typer.Option("--host", help="HTTP listen address.")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="HTTP port.")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Directory for SQLite databases.")]
+
+
+def _settings(
+    broker: str | None, host: str | None, port: int | None, data: Path | None
+) -> CommonSettings:
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"broker": broker, "host": host, "port": port, "data": data}.items()
+        if v is not None
+    }  # fmt: skip
+    return CommonSettings.model_validate(overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "faststream", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _serve(settings: CommonSettings, services: tuple[ServiceName, ...], seed: bool = False) -> None:
+    _configure_logging(settings.log_level)
+
+    async def main() -> None:
+        node = Node(
+            settings,
+            services=services,
+            embed_broker="registry" in services and "matcher" in services,
+        )
+        await node.start()
+        if seed and node.registry is not None:
+            from services.demo.seed import seed_registry
+
+            added = await seed_registry(node.registry)
+            console.print(f"seeded {added} members" if added else "registry not empty: no seed")
+        console.print(f"[bold]Tandem[/] listening on [link]{node.url}[/]")
+        if node.broker is not None:
+            console.print(f"embedded broker at {node.broker.bootstrap} (memory only)")
+        if node.tokens_text:
+            console.print(f"tokens (kept in {settings.data / 'tokens'}):")
+            for entry in node.tokens_text.split(","):
+                console.print(f"  {entry}")
+        try:
+            await node.wait()
+        finally:
+            await node.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def up(
+    broker: BrokerOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data: DataOpt = None,
+    seed: Annotated[
+        bool, typer.Option("--seed", help="Load the bundled network on first start.")
+    ] = False,
+) -> None:
+    """The whole system on one machine: broker, registry, matcher, API and staff page."""
+    _serve(_settings(broker, host, port, data), ("registry", "matcher"), seed=seed)
+
+
+@registry_app.callback(invoke_without_command=True)
+def registry(
+    ctx: typer.Context,
+    broker: BrokerOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data: DataOpt = None,
+) -> None:
+    """Run the registry alone."""
+    ctx.obj = _settings(broker, host, port, data)
+    if ctx.invoked_subcommand is None:
+        if ctx.obj.broker is None:
+            console.print("[red]the registry alone needs --broker or TANDEM_BROKER[/]")
+            raise typer.Exit(2)
+        _serve(ctx.obj, ("registry",))
+
+
+@registry_app.command()
+def republish(ctx: typer.Context) -> None:
+    """Queue ``city.joined`` again for every member (idempotent for the matcher), to rebuild a
+    fresh broker's topics. The running registry's relay publishes them."""
+    from services.infra.db import make_engine, migrate
+    from services.registry import store
+    from services.registry.service import MIGRATIONS
+
+    settings = RegistrySettings.model_validate(ctx.obj.model_dump())
+
+    async def main() -> int:
+        engine = make_engine(settings.database_for("registry"))
+        try:
+            await migrate(engine, MIGRATIONS, "alembic_version_registry")
+            return await store.republish(engine)
+        finally:
+            await engine.dispose()
+
+    count = asyncio.run(main())
+    console.print(f"queued city.joined for {count} members; the registry's relay publishes them")
+
+
+@app.command()
+def matcher(
+    broker: BrokerOpt = None, host: HostOpt = None, port: PortOpt = None, data: DataOpt = None
+) -> None:
+    """Run the matcher alone."""
+    settings = _settings(broker, host, port, data)
+    if settings.broker is None:
+        console.print("[red]the matcher alone needs --broker or TANDEM_BROKER[/]")
+        raise typer.Exit(2)
+    _serve(settings, ("matcher",))
+
+
+@app.command()
+def demo(
+    cohort: Annotated[int, typer.Option("--cohort", help="The cohort that joins.")] = 2024,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the matcher.")] = 60,
+) -> None:
+    """The main job: the real network on an embedded broker; the newest cohort joins and gets
+    its proposals."""
+    from services.demo.run import run_demo
+
+    _configure_logging("WARNING")
+    code = asyncio.run(run_demo(cohort=cohort, timeout=timeout))
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

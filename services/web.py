@@ -1,0 +1,95 @@
+"""One HTTP application for whichever services run in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.infra.auth import TokenBook
+from services.infra.http import BodyLimit
+from services.matcher.consumers import build_consumer, run_consumer
+from services.matcher.service import MatcherService
+from services.registry.service import RegistryService
+
+
+def create_app(
+    tokens: TokenBook,
+    registry: RegistryService | None = None,
+    matcher: MatcherService | None = None,
+    *,
+    max_body_bytes: int = 1_000_000,
+    consume: bool = True,
+) -> FastAPI:
+    """The API of the given services on one base URL, with ``/health``, ``/ready``,
+    ``/metrics``. The lifespan starts and stops the services."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        consumer_task: asyncio.Task[None] | None = None
+        broker = None
+        if registry is not None:
+            await registry.start()
+        if matcher is not None:
+            await matcher.start()
+            if consume:
+                broker = build_consumer(matcher)
+                consumer_task = asyncio.create_task(run_consumer(broker, matcher))
+        try:
+            yield
+        finally:
+            if consumer_task is not None:
+                consumer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer_task
+            if broker is not None:
+                with contextlib.suppress(Exception):
+                    await broker.stop()
+            if matcher is not None:
+                await matcher.stop()
+            if registry is not None:
+                await registry.stop()
+
+    app = FastAPI(
+        title="Tandem",
+        summary="Tandem-Städte and collegial advice for the Engagierte Stadt network",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.tokens = tokens
+    app.state.registry = registry
+    app.state.matcher = matcher
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    if registry is not None:
+        from services.registry.api import router as registry_router
+
+        app.include_router(registry_router)
+    if matcher is not None:
+        from services.matcher.api import router as matcher_router
+
+        app.include_router(matcher_router)
+
+    @app.get("/health", tags=["operations"], summary="200 while the process lives")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"], summary="200 when broker and database answer")
+    async def ready() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        for name, service in (("registry", registry), ("matcher", matcher)):
+            if service is not None:
+                checks[name] = await service.ready()
+        ok = all(all(c.values()) for c in checks.values())
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,136 @@
+"""Shared fixtures: a real embedded broker, a Tandem node, Kafka helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+
+from services.infra.embedded_broker import EmbeddedBroker
+from services.infra.settings import CommonSettings
+from services.runtime import Node
+
+PLATFORM = "platform-token-for-tests"
+STAFF = "staff-token-for-tests"
+COORDINATOR = "coordinator-token-goeppingen"
+TOKENS = f"platform:{PLATFORM},staff:{STAFF}:Erika Staff,coordinator:{COORDINATOR}:goeppingen"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A fresh Tansu broker for one test (memory only, so tests never share data)."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.fixture
+async def node(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Node]:
+    """Registry + matcher + HTTP API on a free port, on the test's broker and databases."""
+    settings = CommonSettings(
+        broker=broker.bootstrap,
+        data=tmp_path,
+        port=0,
+        api_tokens=SecretStr(TOKENS),
+        kafka_session_timeout_ms=1500,
+    )
+    running = Node(settings)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def staff(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with the staff token."""
+    async with httpx.AsyncClient(
+        base_url=node.url, headers={"Authorization": f"Bearer {STAFF}"}, timeout=30
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def platform(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with the platform token."""
+    async with httpx.AsyncClient(
+        base_url=node.url, headers={"Authorization": f"Bearer {PLATFORM}"}, timeout=30
+    ) as client:
+        yield client
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
+) -> list[dict[str, Any]]:
+    """Read ``topic`` from the start until ``until(records)`` holds; each record is
+    ``{"key", "value" (parsed JSON or raw str)}``."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )  # fmt: skip
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {topic}; got {len(records)} records")
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                for message in messages:
+                    raw = message.value.decode() if message.value else ""
+                    try:
+                        value: Any = json.loads(raw)
+                    except ValueError:
+                        value = raw
+                    key = message.key.decode() if message.key else None
+                    records.append({"key": key, "value": value})
+    finally:
+        await consumer.stop()
+    return records
+
+
+def member_body(member_id: str, joined: str, **changes: Any) -> dict[str, Any]:
+    """A valid registration body."""
+    body: dict[str, Any] = {
+        "id": member_id,
+        "name": member_id.replace("-", " ").title(),
+        "kind": "city",
+        "state": "DE-BW",
+        "population": 50_000,
+        "lat": 48.7,
+        "lon": 9.6,
+        "joined": joined,
+        "interests": ["digitalisation"],
+        "strengths": ["digitalisation", "democracy"],
+        "mentor_capacity": 1,
+        "contact": {"name": "Maria Muster", "email": "maria.muster@example.org"},
+        "partners": [
+            {"name": "Bürgerstiftung", "sector": "civil_society"},
+            {"name": "Rathaus", "sector": "administration"},
+            {"name": "Stadtwerke", "sector": "business"},
+        ],
+    }
+    body.update(changes)
+    return body

@@ -1,0 +1,114 @@
+"""``tandem up`` as a subprocess, driven over HTTP, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PLATFORM, STAFF, TOKENS, member_body
+from tests.e2e.conftest import tandem_command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: object, what: str, timeout: float = 30) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()  # type: ignore[operator]
+        except httpx.HTTPError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_up_serves_the_whole_path_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "TANDEM_API_TOKENS": TOKENS}
+    process = subprocess.Popen(
+        [*tandem_command(), "up", "--port", str(port), "--data", str(tmp_path / "data")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{base}/ready").status_code == 200, "/ready")
+        assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+        assert httpx.get(f"{base}/api/proposals").status_code == 401
+        platform = {"Authorization": f"Bearer {PLATFORM}"}
+        staff = {"Authorization": f"Bearer {STAFF}"}
+        assert httpx.get(f"{base}/api/proposals", headers=platform).status_code == 403
+        for body in (
+            member_body("ammerbuch", "2015-01-01"),
+            member_body("goeppingen", "2024-03-01", seeks_tandem=True),
+        ):
+            response = httpx.post(f"{base}/api/members", json=body, headers=platform)
+            assert response.status_code == 201, response.text
+        duplicate = httpx.post(
+            f"{base}/api/members", json=member_body("ammerbuch", "2015-01-01"), headers=platform
+        )
+        assert duplicate.status_code == 409
+        invalid = httpx.post(
+            f"{base}/api/members",
+            json=member_body("kleinstadt", "2024-01-01", population=500),
+            headers=platform,
+        )
+        assert invalid.status_code == 422
+        assert invalid.json()["detail"][0]["loc"] == ["body", "population"]
+
+        def proposal() -> dict[str, object] | None:
+            items = httpx.get(
+                f"{base}/api/proposals", params={"status": "pending"}, headers=staff
+            ).json()["items"]
+            return items[0] if items else None
+
+        found = wait_until(proposal, "a pending proposal", timeout=20)
+        assert isinstance(found, dict) and found["newcomer_id"] == "goeppingen"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert re.search(rf"listening on .*{port}", output), output
+
+
+@pytest.mark.slow
+def test_up_generates_tokens_when_none_are_configured(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TANDEM_API_TOKENS"}
+    process = subprocess.Popen(
+        [*tandem_command(), "up", "--port", str(port), "--data", str(tmp_path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, "up")
+        text = (tmp_path / "tokens").read_text()
+        staff = re.search(r"staff:([^,\s]+)", text)
+        assert staff is not None
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/api/proposals",
+            headers={"Authorization": f"Bearer {staff.group(1)}"},
+        )
+        assert response.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert staff.group(1) in output  # printed for the operator

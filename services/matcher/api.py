@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from services.infra.auth import Principal
 from services.infra.http import Page, require
 from services.matcher import store
-from services.matcher.decisions import IllegalTransition, ProposalNotFound
+from services.matcher.decisions import (
+    IllegalTransition,
+    NotAnAlternative,
+    PairUnavailable,
+    ProposalNotFound,
+)
 from services.matcher.service import MatcherService
 
 router = APIRouter(prefix="/api", tags=["proposals"])
@@ -90,6 +95,75 @@ async def reject(
     """Reject with a reason; the pair is never proposed again and the newcomer gets a new
     proposal."""
     return await _decide(service, proposal_id, "rejected", principal, body.reason)
+
+
+class ChooseBody(BaseModel):
+    """Which alternative staff take instead of the proposed mentor."""
+
+    mentor_id: str = Field(pattern=r"^[a-z0-9-]{2,64}$")
+    reason: str = Field(default="", max_length=2000)
+
+
+@router.post("/proposals/{proposal_id}/choose", summary="Take an alternative instead (staff)")
+async def choose(
+    proposal_id: str, body: ChooseBody, principal: Staff, service: Service
+) -> dict[str, Any]:
+    """Accept one of the proposal's alternatives and reject the proposal, in one step.
+    409 unless pending or if the pair is no longer possible; 422 if not an alternative."""
+    try:
+        return await service.choose(proposal_id, body.mentor_id, principal.name, body.reason)
+    except ProposalNotFound as error:
+        raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}") from error
+    except (IllegalTransition, PairUnavailable) as error:
+        raise HTTPException(status_code=409, detail=str(error)) from error
+    except NotAnAlternative as error:
+        raise HTTPException(
+            status_code=422,
+            detail=[{"loc": ["body", "mentor_id"], "msg": str(error), "type": "value_error"}],
+        ) from error
+
+
+class PairRuleBody(BaseModel):
+    """A staff rule for a pair: it must be proposed (pinned) or never be (forbidden)."""
+
+    rule: Literal["pinned", "forbidden"]
+
+
+MemberPath = Annotated[str, Path(pattern=r"^[a-z0-9-]{2,64}$")]
+
+
+@router.get("/pairs", summary="Pinned and forbidden pairs (staff)")
+async def list_pairs(_: Staff, service: Service) -> dict[str, Any]:
+    """Every pair rule."""
+    items = await store.list_pair_rules(service.engine)
+    return {"items": items, "total": len(items)}
+
+
+@router.put("/pairs/{newcomer_id}/{mentor_id}", summary="Pin or forbid a pair (staff)")
+async def put_pair(
+    newcomer_id: MemberPath, mentor_id: MemberPath, body: PairRuleBody, principal: Staff,
+    service: Service,
+) -> dict[str, Any]:  # fmt: skip
+    """A pinned pair is a hard constraint of the next solve (dropped, with the reason in the
+    log, if impossible); a forbidden pair is never proposed."""
+    if newcomer_id == mentor_id:
+        raise HTTPException(status_code=422, detail="a member cannot be paired with itself")
+    try:
+        await service.set_pair_rule(newcomer_id, mentor_id, body.rule, principal.name)
+    except LookupError as error:
+        raise HTTPException(status_code=404, detail=str(error)) from error
+    return {"newcomer_id": newcomer_id, "mentor_id": mentor_id, "rule": body.rule}
+
+
+@router.delete(
+    "/pairs/{newcomer_id}/{mentor_id}", status_code=204, summary="Lift a pair rule (staff)"
+)
+async def delete_pair(
+    newcomer_id: MemberPath, mentor_id: MemberPath, _: Staff, service: Service
+) -> None:
+    """Remove the pin or ban of a pair; 404 if there was none."""
+    if not await service.delete_pair_rule(newcomer_id, mentor_id):
+        raise HTTPException(status_code=404, detail="no rule for this pair")
 
 
 @router.get("/newcomers/waiting", summary="Newcomers without a proposal, and why (staff)")

@@ -7,13 +7,16 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schemas.events import TandemDecided, Topics, make_event
+from schemas.events import TandemDecided, TandemProposed, Topics, make_event
 from services.infra.outbox import enqueue, utcnow
 from services.matcher import store, tables
-from services.matcher.domain.planning import IllegalTransition, transition
+from services.matcher.domain.explain import explain_pair
+from services.matcher.domain.planning import IllegalTransition as IllegalTransition
+from services.matcher.domain.planning import transition
+from services.matcher.domain.scoring import Weights, score_pair
 
 Decision = Literal["accepted", "rejected"]
 
@@ -68,16 +71,7 @@ async def decide(
             .values(**values)
         )
         event = make_event(
-            Topics.TANDEM_DECIDED,
-            "matcher",
-            TandemDecided(
-                proposal_id=uuid.UUID(proposal_id),
-                decision=decision,
-                reason=reason,
-                newcomer_id=row["newcomer_id"],
-                mentor_id=row["mentor_id"],
-                decided_at=now,
-            ),
+            Topics.TANDEM_DECIDED, "matcher", _decided(proposal_id, decision, reason, row, now)
         )
         await enqueue(connection, tables.outbox, event, key=row["newcomer_id"])
         updated = await store.get_proposal(connection, proposal_id)
@@ -85,4 +79,124 @@ async def decide(
     return store.proposal_out(updated)
 
 
-__all__ = ["Decision", "IllegalTransition", "ProposalNotFound", "add_months", "decide"]
+class NotAnAlternative(ValueError):
+    """The chosen mentor is not an eligible alternative of the proposal (HTTP: 422)."""
+
+
+class PairUnavailable(RuntimeError):
+    """The chosen pair cannot be formed now: no free capacity, rejected or forbidden (409)."""
+
+
+async def choose_alternative(
+    engine: AsyncEngine,
+    proposal_id: str,
+    mentor_id: str,
+    actor: str,
+    reason: str,
+    today: dt.date,
+    tandem_months: int,
+    weights: Weights,
+) -> dict[str, Any]:
+    """Accept one of a pending proposal's alternatives and reject the proposal, in one step.
+
+    The new pair is recorded as an accepted proposal that supersedes the rejected one; the
+    events are ``tandem.decided`` (rejected), ``tandem.proposed`` and ``tandem.decided``
+    (accepted), all in the same transaction."""
+    p = tables.proposals
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(p).where(p.c.proposal_id == proposal_id).values(seq=p.c.seq)
+        )
+        row = await store.get_proposal(connection, proposal_id)
+        if row is None:
+            raise ProposalNotFound(proposal_id)
+        rejected_status = transition(row["status"], "reject")
+        newcomer_id = row["newcomer_id"]
+        if mentor_id not in {a["mentor_id"] for a in row["alternatives"]}:
+            raise NotAnAlternative(f"{mentor_id!r} is not an alternative of this proposal")
+        await _check_pair_available(connection, newcomer_id, mentor_id, today)
+        members = await store.domain_members(connection, [newcomer_id, mentor_id])
+        if len(members) < 2:
+            raise PairUnavailable(f"{mentor_id!r} or {newcomer_id!r} is no longer an active member")
+        pair = score_pair(members[newcomer_id], members[mentor_id], weights, today)
+        now = utcnow()
+        note = reason or f"Alternative {mentor_id} gewählt"
+        await connection.execute(
+            update(p)
+            .where(p.c.proposal_id == proposal_id)
+            .values(status=rejected_status.value, decided_at=now, decided_by=actor,
+                    decision_reason=note)
+        )  # fmt: skip
+        chosen = TandemProposed(
+            proposal_id=uuid.uuid4(),
+            newcomer_id=newcomer_id,
+            mentor_id=mentor_id,
+            score=pair.total,
+            breakdown=pair.breakdown,
+            reasons=explain_pair(members[newcomer_id], members[mentor_id], pair.breakdown, weights),
+            alternatives=[],
+            supersedes=uuid.UUID(proposal_id),
+        )
+        await connection.execute(
+            insert(p).values(
+                proposal_id=str(chosen.proposal_id), newcomer_id=newcomer_id, mentor_id=mentor_id,
+                score=chosen.score, breakdown=chosen.breakdown, reasons=chosen.reasons,
+                alternatives=[], supersedes=proposal_id, status="accepted", created_at=now,
+                decided_at=now, decided_by=actor, decision_reason=note,
+                ends_on=add_months(today, tandem_months),
+            )
+        )  # fmt: skip
+        for topic, data in (
+            (Topics.TANDEM_DECIDED, _decided(proposal_id, "rejected", note, row, now)),
+            (Topics.TANDEM_PROPOSED, chosen),
+            (Topics.TANDEM_DECIDED, _decided(str(chosen.proposal_id), "accepted", note,
+                                             {"newcomer_id": newcomer_id, "mentor_id": mentor_id},
+                                             now)),
+        ):  # fmt: skip
+            await enqueue(
+                connection, tables.outbox, make_event(topic, "matcher", data), newcomer_id
+            )
+        created = await store.get_proposal(connection, str(chosen.proposal_id))
+    assert created is not None
+    return store.proposal_out(created)
+
+
+def _decided(
+    proposal_id: str, decision: Decision, reason: str, row: Any, at: dt.datetime
+) -> TandemDecided:
+    return TandemDecided(
+        proposal_id=uuid.UUID(proposal_id), decision=decision, reason=reason,
+        newcomer_id=row["newcomer_id"], mentor_id=row["mentor_id"], decided_at=at,
+    )  # fmt: skip
+
+
+async def _check_pair_available(
+    connection: AsyncConnection, newcomer_id: str, mentor_id: str, today: dt.date
+) -> None:
+    p = tables.proposals
+    excluded = await connection.scalar(
+        select(func.count())
+        .select_from(p)
+        .where(p.c.newcomer_id == newcomer_id, p.c.mentor_id == mentor_id, p.c.status == "rejected")
+    )
+    forbidden = await connection.scalar(
+        select(func.count())
+        .select_from(tables.pair_rules)
+        .where(
+            tables.pair_rules.c.newcomer_id == newcomer_id,
+            tables.pair_rules.c.mentor_id == mentor_id,
+            tables.pair_rules.c.rule == "forbidden",
+        )
+    )
+    if excluded or forbidden:
+        raise PairUnavailable(f"the pair {newcomer_id} / {mentor_id} was rejected or is forbidden")
+    capacity = await connection.scalar(
+        select(tables.members.c.mentor_capacity).where(tables.members.c.id == mentor_id)
+    )
+    running = await connection.scalar(
+        select(func.count())
+        .select_from(p)
+        .where(p.c.mentor_id == mentor_id, p.c.status == "accepted", p.c.ends_on > today)
+    )
+    if capacity is None or int(running or 0) >= int(capacity):
+        raise PairUnavailable(f"{mentor_id} has no free mentor capacity")

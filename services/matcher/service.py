@@ -22,7 +22,7 @@ from services.infra.kafka import KafkaSink
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import MatcherSettings
 from services.matcher import store, tables
-from services.matcher.decisions import Decision, decide
+from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
 from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
 
@@ -197,6 +197,35 @@ class MatcherService:
         self.relay.wake()
         self.request_solve()
         return row
+
+    async def choose(
+        self, proposal_id: str, mentor_id: str, actor: str, reason: str
+    ) -> dict[str, Any]:
+        """Accept an alternative and reject the current proposal in one step."""
+        row = await choose_alternative(
+            self.engine, proposal_id, mentor_id, actor, reason, self.today(),
+            self.settings.tandem_months, self.weights,
+        )  # fmt: skip
+        self.relay.wake()
+        self.request_solve()
+        return row
+
+    async def set_pair_rule(self, newcomer_id: str, mentor_id: str, rule: str, actor: str) -> None:
+        """Pin or forbid a pair; the next solve honours it."""
+        async with self.engine.connect() as connection:
+            known = await store.domain_members(connection, [newcomer_id, mentor_id])
+        missing = [m for m in (newcomer_id, mentor_id) if m not in known]
+        if missing:
+            raise LookupError(f"no active member {', '.join(missing)}")
+        await store.set_pair_rule(self.engine, newcomer_id, mentor_id, rule, actor)
+        self.request_solve()
+
+    async def delete_pair_rule(self, newcomer_id: str, mentor_id: str) -> bool:
+        """Lift a pin or a ban."""
+        removed = await store.delete_pair_rule(self.engine, newcomer_id, mentor_id)
+        if removed:
+            self.request_solve()
+        return removed
 
     def today(self) -> dt.date:
         """The matcher's notion of today (UTC)."""

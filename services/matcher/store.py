@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -180,3 +180,55 @@ async def status_counts(engine: AsyncEngine) -> dict[str, int]:
     counts = {"members": int(members or 0), "waiting": int(waiting or 0)}
     counts.update({s: int(by_status.get(s, 0)) for s in PROPOSAL_STATUSES})
     return counts
+
+
+async def domain_members(connection: AsyncConnection, ids: list[str]) -> dict[str, Member]:
+    """The active members among ``ids``, by id."""
+    rows = (
+        await connection.execute(
+            select(tables.members).where(
+                tables.members.c.id.in_(ids), tables.members.c.status == "active"
+            )
+        )
+    ).mappings().all()  # fmt: skip
+    return {row["id"]: domain_member(row) for row in rows}
+
+
+async def set_pair_rule(
+    engine: AsyncEngine, newcomer_id: str, mentor_id: str, rule: str, actor: str
+) -> None:
+    """Pin or forbid a pair (replacing an earlier rule for it). A newcomer has at most one pin."""
+    r = tables.pair_rules
+    async with engine.begin() as connection:
+        await connection.execute(
+            delete(r).where(r.c.newcomer_id == newcomer_id, r.c.mentor_id == mentor_id)
+        )
+        if rule == "pinned":
+            await connection.execute(
+                delete(r).where(r.c.newcomer_id == newcomer_id, r.c.rule == "pinned")
+            )
+        await connection.execute(
+            insert(r).values(newcomer_id=newcomer_id, mentor_id=mentor_id, rule=rule,
+                             created_by=actor, created_at=utcnow())
+        )  # fmt: skip
+
+
+async def delete_pair_rule(engine: AsyncEngine, newcomer_id: str, mentor_id: str) -> bool:
+    """Remove the rule of a pair; False if there was none."""
+    r = tables.pair_rules
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            delete(r).where(r.c.newcomer_id == newcomer_id, r.c.mentor_id == mentor_id)
+        )
+    return bool(result.rowcount)
+
+
+async def list_pair_rules(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """All pinned and forbidden pairs."""
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(tables.pair_rules))).mappings().all()
+    return [
+        {**{k: row[k] for k in ("newcomer_id", "mentor_id", "rule", "created_by")},
+         "created_at": row["created_at"].isoformat()}
+        for row in rows
+    ]  # fmt: skip

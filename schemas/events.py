@@ -195,22 +195,31 @@ class UnknownVersion(ValueError):
     """An event version this consumer does not understand: dead-lettered, never guessed."""
 
 
+class _Header(BaseModel):
+    """The envelope without its data: read first, so the version decides how data is read."""
+
+    type: str
+    version: int
+    data: dict[str, Any]
+
+
 def parse_event(topic: str, raw: bytes | str) -> Envelope[Any]:
     """Validate a raw record of ``topic`` into its envelope with typed ``data``.
 
-    Raises ``pydantic.ValidationError`` for malformed JSON or a schema violation and
-    ``UnknownVersion`` for a version the contract does not define.
+    The type and version are checked before the data, so a record of an unknown version is
+    reported as such (``UnknownVersion``) rather than as a schema violation. Raises
+    ``pydantic.ValidationError`` for malformed JSON or a schema violation.
     """
     spec = EVENTS[topic]
-    envelope = envelope_type(topic).model_validate_json(raw)
-    if envelope.type != topic:
-        raise ValueError(f"envelope type {envelope.type!r} does not match topic {topic!r}")
-    if envelope.version not in spec.versions:
+    header = _Header.model_validate_json(raw)
+    if header.type != topic:
+        raise ValueError(f"envelope type {header.type!r} does not match topic {topic!r}")
+    if header.version not in spec.versions:
         raise UnknownVersion(
-            f"{topic} version {envelope.version} is unknown here "
+            f"{topic} version {header.version} is unknown here "
             f"(understood: {', '.join(map(str, spec.versions))})"
         )
-    return envelope
+    return envelope_type(topic).model_validate_json(raw)
 
 
 def make_event(topic: str, source: str, data: BaseModel) -> Envelope[Any]:

@@ -137,6 +137,30 @@ class PublicMember(MemberProfile):
     seeks_tandem: bool | None = None
     partners: list[PartnerSector] = Field(default_factory=list)
     status: Literal["active", "left"] = "active"
+    revision: int = Field(
+        default=1, ge=1, description="Grows with every change; consumers keep the newest."
+    )
+
+
+class MemberUpdate(BaseModel):
+    """Body of ``PATCH /api/members/{id}``: the fields to change (the id cannot change)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    kind: Kind | None = None
+    state: StateCode | None = None
+    region: Region | None = None
+    population: int | None = Field(default=None, ge=1, le=10_000_000)
+    lat: float | None = Field(default=None, ge=47.0, le=55.5)
+    lon: float | None = Field(default=None, ge=5.5, le=15.5)
+    joined: dt.date | None = None
+    interests: TopicList | None = Field(default=None, max_length=32)
+    strengths: TopicList | None = Field(default=None, max_length=32)
+    mentor_capacity: int | None = Field(default=None, ge=0, le=50)
+    seeks_tandem: bool | None = None
+    contact: Contact | None = None
+    partners: list[Partner] | None = Field(default=None, max_length=100)
+    exception_reason: str | None = Field(default=None, max_length=2000)
 
 
 def is_member_id(value: str) -> bool:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import uuid
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Table, func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.events import DeadLetter, Topics
 from services.infra.outbox import enqueue_raw, utcnow
 
+log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("5c0d7c1e-8a8e-4f57-9d7e-7a1d6c1e0d11")
 
 
@@ -52,3 +57,24 @@ async def enqueue_dead_letter(
         connection, outbox, event_id, Topics.dlq(letter.topic), letter.key or "unknown", letter
     )
     return True
+
+
+#: Errors worth retrying: the database is busy or away for a moment.
+TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+T = TypeVar("T")
+
+
+async def retry_transient(work: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
+    """Run ``work``, retrying transient errors with exponential backoff (0.1 s doubling); the
+    last error propagates, so the consumer's batch is not acknowledged and comes again."""
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            return await work()
+        except TRANSIENT as error:
+            if attempt == attempts - 1:
+                raise
+            log.warning("database busy (%s); retrying in %.1f s", type(error).__name__, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")

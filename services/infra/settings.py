@@ -61,6 +61,9 @@ class CommonSettings(BaseSettings):
 class RegistrySettings(CommonSettings):
     """Options of the registry."""
 
+    registry_group_id: str = Field(
+        default="tandem-registry", description="Consumer group of the registry (member.admitted)."
+    )
     outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
     outbox_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
@@ -70,7 +73,9 @@ class RegistrySettings(CommonSettings):
 class MatcherSettings(CommonSettings):
     """Options of the matcher."""
 
-    group_id: str = Field(default="tandem-matcher", description="Kafka consumer group.")
+    matcher_group_id: str = Field(
+        default="tandem-matcher", description="Consumer group of the matcher."
+    )
     weights: str | None = Field(
         default=None,
         description="Score weights, e.g. `topics=0.4,population=0.2`; unset: the defaults.",

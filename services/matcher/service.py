@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
 
-from schemas.events import CityJoined, Envelope, UnknownVersion, parse_event
+from schemas.events import (
+    CityJoined,
+    CityLeft,
+    CityUpdated,
+    DeadLetter,
+    Envelope,
+    UnknownVersion,
+    parse_event,
+)
 from services.infra.db import make_engine, migrate
-from services.infra.deadletter import dead_letter, enqueue_dead_letter
+from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.kafka import KafkaSink
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import MatcherSettings
@@ -28,7 +35,6 @@ from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
-TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
 
 
 class MatcherService:
@@ -82,6 +88,10 @@ class MatcherService:
             await close()
         await self.engine.dispose()
 
+    def mark_consuming(self) -> None:
+        """The consumer joined its group (readiness needs it)."""
+        self.consuming = True
+
     async def ready(self) -> dict[str, bool]:
         """Whether the database and the broker answer and the consumer runs."""
         try:
@@ -92,46 +102,40 @@ class MatcherService:
         return {"database": database, "broker": self.relay.broker_ok and self.consuming}
 
     # ingest ---------------------------------------------------------------------------------
-    async def ingest(self, topic: str, records: Sequence[Any]) -> None:
-        """Apply a batch of Kafka records of ``topic`` in one transaction: dedup on the
-        envelope id, update the read model, dead-letter what is invalid. Transient database
-        errors are retried with backoff; if they persist the error propagates and the records
-        are delivered again (never acknowledged unprocessed)."""
+    async def ingest(self, records: Sequence[Any]) -> None:
+        """Apply a batch of Kafka records in one transaction: dedup on the envelope id, update
+        the read model, dead-letter what is invalid. Transient database errors are retried
+        with backoff; if they persist the error propagates and the batch is delivered again
+        (never acknowledged unprocessed)."""
         valid: list[Envelope[Any]] = []
-        dead = []
+        dead: list[DeadLetter] = []
         for record in records:
             try:
-                valid.append(parse_event(topic, record.value or b""))
+                valid.append(parse_event(record.topic, record.value or b""))
             except (ValidationError, UnknownVersion, ValueError) as error:
                 dead.append(dead_letter(record, error, consumer="matcher"))
                 log.warning(
                     "dead letter",
-                    extra={"topic": topic, "offset": record.offset, "error": type(error).__name__},
-                )
-        delay = 0.1
-        for attempt in range(6):
-            try:
-                changed = await self._apply(topic, valid, dead)
-                break
-            except TRANSIENT as error:
-                if attempt == 5:
-                    raise
-                log.warning("database busy (%s); retrying in %.1f s", type(error).__name__, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
+                    extra={"topic": record.topic, "offset": record.offset,
+                           "error": type(error).__name__},
+                )  # fmt: skip
+        changed = await retry_transient(lambda: self._apply(valid, dead))
         if changed:
             self.request_solve()
         if dead:
             self.relay.wake()
 
-    async def _apply(self, topic: str, events: list[Envelope[Any]], dead: list[Any]) -> bool:
+    async def _apply(self, events: list[Envelope[Any]], dead: list[DeadLetter]) -> bool:
         changed = False
         async with self.engine.begin() as connection:
             for envelope in events:
-                if await store.seen_before(connection, str(envelope.id), topic):
+                if await store.seen_before(connection, str(envelope.id), envelope.type):
                     continue
-                if isinstance(envelope.data, CityJoined):
-                    changed |= await store.upsert_member(connection, envelope.data)
+                data = envelope.data
+                if isinstance(data, CityJoined | CityUpdated):
+                    changed |= await store.upsert_member(connection, data)
+                elif isinstance(data, CityLeft):
+                    changed |= await store.member_left(connection, data.id, data.reason)
             for letter in dead:
                 await enqueue_dead_letter(connection, tables.outbox, letter)
         return changed

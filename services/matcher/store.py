@@ -10,6 +10,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.member import PublicMember
+from services.infra import dedup
 from services.infra.outbox import utcnow
 from services.matcher import tables
 from services.matcher.domain.model import Member
@@ -18,22 +19,16 @@ PROPOSAL_STATUSES = ("pending", "accepted", "rejected", "superseded", "withdrawn
 
 
 async def seen_before(connection: AsyncConnection, event_id: str, topic: str) -> bool:
-    """Record ``event_id`` as processed; True if it was already (then change nothing)."""
-    known = await connection.scalar(
-        select(func.count())
-        .select_from(tables.processed_events)
-        .where(tables.processed_events.c.event_id == event_id)
-    )
-    if known:
-        return True
-    await connection.execute(
-        insert(tables.processed_events).values(event_id=event_id, topic=topic, at=utcnow())
-    )
-    return False
+    """Record ``event_id`` as processed by the matcher; True if it was already."""
+    return await dedup.seen_before(connection, tables.processed_events, event_id, topic)
 
 
 async def upsert_member(connection: AsyncConnection, member: PublicMember) -> bool:
-    """Insert or update the read model's copy of ``member``; True if anything changed."""
+    """Insert or update the read model's copy of ``member``, keeping the newest revision (events
+    of different topics may arrive out of order); True if anything changed."""
+    departed = await connection.scalar(
+        select(func.count()).select_from(tables.departed).where(tables.departed.c.id == member.id)
+    )
     values: dict[str, Any] = {
         "name": member.name,
         "kind": member.kind,
@@ -47,7 +42,8 @@ async def upsert_member(connection: AsyncConnection, member: PublicMember) -> bo
         "strengths": list(member.strengths),
         "mentor_capacity": member.mentor_capacity,
         "seeks_tandem": bool(member.seeks_tandem),
-        "status": member.status,
+        "status": "left" if departed else member.status,
+        "revision": member.revision,
     }
     current = (
         await connection.execute(select(tables.members).where(tables.members.c.id == member.id))
@@ -57,12 +53,46 @@ async def upsert_member(connection: AsyncConnection, member: PublicMember) -> bo
             insert(tables.members).values(id=member.id, updated_at=utcnow(), **values)
         )
         return True
+    if current["revision"] > member.revision:
+        return False
     if all(current[k] == v for k, v in values.items()):
         return False
     await connection.execute(
         update(tables.members)
         .where(tables.members.c.id == member.id)
         .values(updated_at=utcnow(), **values)
+    )
+    return True
+
+
+async def member_left(connection: AsyncConnection, member_id: str, reason: str) -> bool:
+    """Record the departure: the member is inactive from now on, its pending proposals (as
+    newcomer or mentor) are withdrawn. Running tandems stay and are flagged for staff."""
+    from services.matcher.domain.planning import transition
+
+    known = await connection.scalar(
+        select(func.count()).select_from(tables.departed).where(tables.departed.c.id == member_id)
+    )
+    if known:
+        return False
+    now = utcnow()
+    await connection.execute(insert(tables.departed).values(id=member_id, reason=reason, at=now))
+    await connection.execute(
+        update(tables.members)
+        .where(tables.members.c.id == member_id)
+        .values(status="left", seeks_tandem=False, updated_at=now)
+    )
+    p = tables.proposals
+    await connection.execute(
+        update(p)
+        .where(p.c.status == "pending")
+        .where((p.c.newcomer_id == member_id) | (p.c.mentor_id == member_id))
+        .values(
+            status=transition("pending", "withdraw").value,
+            decided_at=now,
+            decided_by="matcher",
+            decision_reason=f"{member_id} hat das Netzwerk verlassen",
+        )
     )
     return True
 
@@ -134,7 +164,19 @@ async def list_proposals(
                 query.order_by(tables.proposals.c.seq.desc()).limit(limit).offset(offset)
             )
         ).mappings().all()  # fmt: skip
-    return [proposal_out(r) for r in rows], int(total or 0)
+        left: set[str] = set(
+            (await connection.execute(select(tables.departed.c.id))).scalars().all()
+        )
+    return [_flagged(proposal_out(r), left) for r in rows], int(total or 0)
+
+
+def _flagged(proposal: dict[str, Any], left: set[str]) -> dict[str, Any]:
+    """Mark accepted tandems whose partner left the network, for staff to look at."""
+    if proposal["status"] == "accepted":
+        gone = [m for m in (proposal["newcomer_id"], proposal["mentor_id"]) if m in left]
+        if gone:
+            proposal["flags"] = [f"member_left:{m}" for m in gone]
+    return proposal
 
 
 async def get_proposal(connection: AsyncConnection, proposal_id: str) -> RowMapping | None:

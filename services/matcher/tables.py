@@ -40,7 +40,18 @@ members = Table(
     Column("mentor_capacity", Integer, nullable=False),
     Column("seeks_tandem", Boolean, nullable=False),
     Column("status", String(10), nullable=False),
+    Column("revision", Integer, nullable=False, server_default="1"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Members whose city.left arrived, kept apart so a late or replayed city.joined cannot bring
+# them back.
+departed = Table(
+    "matcher_departed",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
 )
 
 proposals = Table(

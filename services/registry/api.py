@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from schemas.member import MemberRegistration
+from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.auth import Principal
 from services.infra.http import Page, field_errors, require
 from services.registry import store
@@ -71,3 +73,65 @@ async def get_member(
     if row is None:
         raise HTTPException(status_code=404, detail=f"no member {member_id!r}")
     return _out(row)
+
+
+class LeaveBody(BaseModel):
+    """Why the member leaves."""
+
+    reason: str = Field(default="", max_length=2000)
+
+
+def _missing(member_id: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"no member {member_id!r}")
+
+
+@router.patch("/{member_id}", summary="Change profile fields")
+async def update_member(
+    member_id: str,
+    change: MemberUpdate,
+    principal: Annotated[Principal, Depends(require("platform", "staff"))],
+    service: Annotated[RegistryService, Depends(_service)],
+) -> dict[str, Any]:
+    """Same validation as registration; publishes ``city.updated`` when anything changed.
+    404 if unknown, 409 if the member left, 422 with per-field errors."""
+    try:
+        row, _changed = await service.update(member_id, change, actor=principal.name)
+    except store.MemberNotFound as error:
+        raise _missing(member_id) from error
+    except store.MemberLeft as error:
+        raise HTTPException(
+            status_code=409, detail=f"member {member_id} left the network"
+        ) from error
+    except store.InvalidChange as error:
+        raise RequestValidationError(error.errors) from error
+    return _out(row)
+
+
+@router.post("/{member_id}/leave", summary="The member leaves the network")
+async def leave(
+    member_id: str,
+    body: LeaveBody,
+    principal: Annotated[Principal, Depends(require("platform", "staff"))],
+    service: Annotated[RegistryService, Depends(_service)],
+) -> dict[str, Any]:
+    """Publishes ``city.left``; contact data is erased; the record stays (``status: left``)."""
+    try:
+        row = await service.leave(member_id, body.reason, actor=principal.name)
+    except store.MemberNotFound as error:
+        raise _missing(member_id) from error
+    except store.MemberLeft as error:
+        raise HTTPException(status_code=409, detail=f"member {member_id} left already") from error
+    return _out(row)
+
+
+@router.get("/{member_id}/history", summary="Every change to a member (staff)")
+async def history(
+    member_id: str,
+    _: Annotated[Principal, Depends(require("staff"))],
+    service: Annotated[RegistryService, Depends(_service)],
+) -> dict[str, Any]:
+    """Registration, updates (which fields), departure: who and when."""
+    items = await store.history(service.engine, member_id)
+    if items is None:
+        raise _missing(member_id)
+    return {"items": items, "total": len(items)}

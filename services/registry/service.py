@@ -5,18 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas.member import MemberRegistration
+from pydantic import ValidationError
+
+from schemas.events import UnknownVersion, parse_event
+from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.db import make_engine, migrate
+from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
+from services.infra.dedup import seen_before
 from services.infra.kafka import KafkaSink
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import RegistrySettings
 from services.registry import store, tables
+from services.registry.admission import admission_violations
 
 log = logging.getLogger(__name__)
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -41,6 +55,7 @@ class RegistryService:
             poll_seconds=settings.outbox_poll_seconds,
         )
         self._task: asyncio.Task[None] | None = None
+        self.consuming = False
 
     async def start(self) -> None:
         """Migrate the database and start the relay."""
@@ -60,10 +75,65 @@ class RegistryService:
 
     async def register(self, member: MemberRegistration, actor: str) -> dict[str, Any]:
         """Store ``member`` with its ``city.joined`` and wake the relay."""
-        row = await store.register(self.engine, member, actor, dt.datetime.now(dt.UTC).date())
+        row = await store.register(self.engine, member, actor, _today())
         self.relay.wake()
         log.info("member registered", extra={"member_id": member.id, "actor": actor})
         return row
+
+    async def update(
+        self, member_id: str, change: MemberUpdate, actor: str
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Change a member's profile; ``city.updated`` follows through the outbox."""
+        row, changed = await store.update_member(self.engine, member_id, change, actor)
+        if changed:
+            self.relay.wake()
+            log.info("member updated", extra={"member_id": member_id, "fields": changed})
+        return row, changed
+
+    async def leave(self, member_id: str, reason: str, actor: str) -> dict[str, Any]:
+        """The member leaves; ``city.left`` follows through the outbox."""
+        row = await store.leave(self.engine, member_id, reason, actor)
+        self.relay.wake()
+        log.info("member left", extra={"member_id": member_id})
+        return row
+
+    async def ingest_admitted(self, records: Sequence[Any]) -> None:
+        """Register the members of ``member.admitted`` records with the same rules as the API:
+        idempotent on the envelope id; invalid records, rule violations and existing ids go to
+        ``member.admitted.dlq`` with the reason."""
+        for record in records:
+            await retry_transient(functools.partial(self._admit, record))
+        self.relay.wake()
+
+    async def _admit(self, record: Any) -> None:
+        try:
+            envelope = parse_event(record.topic, record.value or b"")
+        except (ValidationError, UnknownVersion, ValueError) as error:
+            async with self.engine.begin() as connection:
+                letter = dead_letter(record, error, consumer="registry")
+                await enqueue_dead_letter(connection, tables.outbox, letter)
+            return
+        member: MemberRegistration = envelope.data
+        problems = "; ".join(f"{v.field}: {v.message}" for v in admission_violations(member))
+        async with self.engine.begin() as connection:
+            if await seen_before(connection, tables.processed_events, str(envelope.id),
+                                 envelope.type):  # fmt: skip
+                return
+            if not problems:
+                try:
+                    await store.add_member(
+                        connection, member, "platform (member.admitted)", _today()
+                    )
+                    log.info("member admitted by event", extra={"member_id": member.id})
+                    return
+                except store.DuplicateMember:
+                    problems = f"member {member.id} exists already"
+            letter = dead_letter(record, f"admission refused: {problems}", consumer="registry")
+            await enqueue_dead_letter(connection, tables.outbox, letter)
+
+    def mark_consuming(self) -> None:
+        """The consumer joined its group (readiness needs it)."""
+        self.consuming = True
 
     async def ready(self) -> dict[str, bool]:
         """Whether the database and the broker answer."""
@@ -72,4 +142,4 @@ class RegistryService:
             database = True
         except Exception:
             database = False
-        return {"database": database, "broker": self.relay.broker_ok}
+        return {"database": database, "broker": self.relay.broker_ok and self.consuming}

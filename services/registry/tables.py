@@ -36,10 +36,11 @@ members = Table(
     Column("strengths", JSON, nullable=False),
     Column("mentor_capacity", Integer, nullable=False),
     Column("seeks_tandem", Boolean, nullable=False),
-    Column("contact", JSON, nullable=True),
+    Column("contact", JSON(none_as_null=True), nullable=True),
     Column("partners", JSON, nullable=False),
     Column("exception_reason", Text, nullable=True),
     Column("status", String(10), nullable=False, default="active"),
+    Column("revision", Integer, nullable=False, server_default="1"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -51,6 +52,7 @@ member_history = Table(
     Column("member_id", String(64), nullable=False, index=True),
     Column("action", String(20), nullable=False),
     Column("fields", JSON, nullable=False),
+    Column("reason", Text, nullable=True),
     Column("actor", String(200), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
 )

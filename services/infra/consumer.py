@@ -1,0 +1,68 @@
+"""Consumer plumbing shared by the services: start when the broker is there, raw records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.kafka import KafkaBroker, KafkaMessage
+
+from services.infra.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def records_of(message: KafkaMessage) -> tuple[Any, ...]:
+    """The aiokafka records behind a (batch) message."""
+    raw = message.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
+    """A FastStream Kafka broker whose per-message logs go to ``tandem.kafka`` at DEBUG."""
+    assert settings.broker is not None
+    return KafkaBroker(
+        settings.broker,
+        client_id=client_id,
+        logger=logging.getLogger("tandem.kafka"),
+        log_level=logging.DEBUG,
+        request_timeout_ms=10_000,
+    )
+
+
+@dataclass(frozen=True)
+class Session:
+    """Group session timing: short on the embedded broker, Kafka's defaults elsewhere."""
+
+    timeout_ms: int
+    heartbeat_ms: int
+
+
+def session_of(settings: CommonSettings) -> Session:
+    """The consumer group session of ``settings``."""
+    timeout = settings.kafka_session_timeout_ms or 10_000
+    return Session(timeout, max(100, timeout // 10))
+
+
+async def run_consumer(broker: KafkaBroker, on_started: Callable[[], None]) -> None:
+    """Start consuming as soon as the broker is reachable (retrying with backoff), so a
+    service can start before Kafka does."""
+    backoff = 0.5
+    while True:
+        try:
+            await broker.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("broker not reachable (%s); retrying in %.1f s", error, backoff)
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10)
+            continue
+        on_started()
+        return

@@ -9,12 +9,15 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
+from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.infra.auth import TokenBook
+from services.infra.consumer import run_consumer
 from services.infra.http import BodyLimit
-from services.matcher.consumers import build_consumer, run_consumer
+from services.matcher.consumers import build_consumer as build_matcher_consumer
 from services.matcher.service import MatcherService
+from services.registry.consumers import build_consumer as build_registry_consumer
 from services.registry.service import RegistryService
 
 
@@ -31,23 +34,28 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        consumer_task: asyncio.Task[None] | None = None
-        broker = None
+        tasks: list[asyncio.Task[None]] = []
+        brokers: list[KafkaBroker] = []
         if registry is not None:
             await registry.start()
+            if consume:
+                brokers.append(build_registry_consumer(registry))
+                tasks.append(
+                    asyncio.create_task(run_consumer(brokers[-1], registry.mark_consuming))
+                )
         if matcher is not None:
             await matcher.start()
             if consume:
-                broker = build_consumer(matcher)
-                consumer_task = asyncio.create_task(run_consumer(broker, matcher))
+                brokers.append(build_matcher_consumer(matcher))
+                tasks.append(asyncio.create_task(run_consumer(brokers[-1], matcher.mark_consuming)))
         try:
             yield
         finally:
-            if consumer_task is not None:
-                consumer_task.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await consumer_task
-            if broker is not None:
+                    await task
+            for broker in brokers:
                 with contextlib.suppress(Exception):
                     await broker.stop()
             if matcher is not None:

@@ -152,7 +152,7 @@ class ScoreMatrix:
 
     total: Matrix
     parts: Mapping[str, Matrix]
-    criteria: _Criteria = field(repr=False)
+    criteria: _Criteria = field(repr=False)  # feature arrays behind parts and breakdowns
 
     def breakdowns(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> dict[str, Vector]:
         """Per-criterion scores of the cells ``(rows[k], cols[k])``, without full parts."""

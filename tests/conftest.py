@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -32,16 +35,66 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield running
 
 
-@pytest.fixture
-async def node(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Node]:
-    """Registry + matcher + HTTP API on a free port, on the test's broker and databases."""
-    settings = CommonSettings(
-        broker=broker.bootstrap,
-        data=tmp_path,
+POSTGRES_ADMIN = os.environ.get(
+    "TANDEM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+async def _postgres_problem() -> str | None:
+    try:
+        connection = await asyncpg.connect(POSTGRES_ADMIN, timeout=3)
+    except (OSError, asyncpg.PostgresError) as error:
+        return f"PostgreSQL not reachable at {POSTGRES_ADMIN} ({error})"
+    await connection.close()
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None (each service's own SQLite file in the data dir) or a fresh PostgreSQL database
+    shared by both services, dropped afterwards. Skips visibly where PostgreSQL is absent."""
+    if request.param == "sqlite":
+        yield None
+        return
+    problem = await _postgres_problem()
+    if problem:
+        pytest.skip(problem)
+    name = f"tandem_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(POSTGRES_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def node_settings(bootstrap: str, data: Path, database_url: str | None) -> CommonSettings:
+    """Settings of a test node: the given broker, a free HTTP port, short group sessions."""
+    return CommonSettings(
+        broker=bootstrap,
+        data=data,
         port=0,
         api_tokens=SecretStr(TOKENS),
         kafka_session_timeout_ms=1500,
+        database_url=database_url,
     )
+
+
+@pytest.fixture
+async def node(
+    broker: EmbeddedBroker, tmp_path: Path, database_url: str | None
+) -> AsyncIterator[Node]:
+    """Registry + matcher + HTTP API on a free port, on the test's broker and database (every
+    test using it runs on SQLite and on PostgreSQL)."""
+    settings = node_settings(broker.bootstrap, tmp_path, database_url)
     running = Node(settings)
     await running.start()
     try:

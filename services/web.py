@@ -79,9 +79,11 @@ def create_app(
 
         app.include_router(registry_router)
     if matcher is not None:
+        from services.matcher.advice_api import router as advice_router
         from services.matcher.api import router as matcher_router
 
         app.include_router(matcher_router)
+        app.include_router(advice_router)
 
     @app.get("/health", tags=["operations"], summary="200 while the process lives")
     async def health() -> dict[str, str]:

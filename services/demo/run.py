@@ -127,6 +127,7 @@ async def run_demo(cohort: int = 2024, timeout: float = 60) -> int:
                 result = await wait_for(
                     client, "proposals for every newcomer", all_answered, timeout
                 )
+                advice = await ask_advice(client, newcomers[0])
         except DemoFailed as error:
             err.print(f"[red]demo failed:[/] {error}")
             return 1
@@ -136,8 +137,45 @@ async def run_demo(cohort: int = 2024, timeout: float = 60) -> int:
         finally:
             await node.stop()
     print_proposals(cohort, newcomers, by_id, result["proposals"], result["unmatched"])
+    print_advice(advice, by_id)
     err.print(f"done in {time.monotonic() - started:.1f} s")
     return 0
+
+
+ADVICE_QUESTION = "Wie gewinnen wir junge Menschen für ein Ehrenamt in unseren Vereinen?"
+
+
+async def ask_advice(client: httpx.AsyncClient, asker: DemoMember) -> dict[str, Any]:
+    """Collegial advice for ``asker`` on the real network (as staff on its behalf)."""
+    topics = list(asker.registration.interests[:2]) or ["volunteer_recruitment"]
+    response = await client.post(
+        "/api/advice-requests",
+        json={"city_id": asker.id, "topics": topics, "question": ADVICE_QUESTION, "k": 3},
+    )
+    if response.status_code != 201:
+        raise DemoFailed(f"advice request failed: {response.status_code} {response.text}")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def print_advice(advice: dict[str, Any], by_id: dict[str, DemoMember]) -> None:
+    """One collegial-advice answer: whom to ask, and why."""
+    from schemas.topics import topic_label
+
+    topics = ", ".join(topic_label(t) for t in advice["topics"])
+    table = Table(
+        title=f"Kollegiale Beratung für {_name(by_id, advice['city_id'])}: {topics}\n"
+        f"„{advice['question']}“",
+        show_lines=True,
+    )
+    table.add_column("Ansprechen", style="bold green")
+    table.add_column("Score", justify="right")
+    table.add_column("Gründe")
+    for match in advice["matches"]:
+        table.add_row(
+            _name(by_id, match["city_id"]), f"{match['score']:.2f}", "\n".join(match["reasons"])
+        )
+    out.print(table)
 
 
 def _name(by_id: dict[str, DemoMember], member_id: str) -> str:

@@ -89,3 +89,9 @@ class MatcherSettings(CommonSettings):
     )
     outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
     outbox_poll_seconds: float = Field(default=1.0, gt=0, description="Relay poll when idle.")
+    advice_window_days: int = Field(
+        default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."
+    )
+    advice_per_advisor_limit: int = Field(
+        default=2, ge=1, le=100, description="Requests one member may answer in a joint solve."
+    )

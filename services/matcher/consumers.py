@@ -7,6 +7,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from schemas.events import Topics
 from services.infra.consumer import make_broker, records_of, session_of
+from services.matcher.advice_desk import answer_advice_records
 from services.matcher.service import MatcherService
 
 MEMBER_TOPICS = (Topics.CITY_JOINED, Topics.CITY_UPDATED, Topics.CITY_LEFT)
@@ -31,5 +32,19 @@ def build_consumer(service: MatcherService) -> KafkaBroker:
     )
     async def on_member_events(message: KafkaMessage) -> None:
         await service.ingest(records_of(message))
+
+    @broker.subscriber(
+        Topics.ADVICE_REQUESTED,
+        batch=True,
+        max_records=100,
+        batch_timeout_ms=20,
+        group_id=f"{service.settings.matcher_group_id}-advice",
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        session_timeout_ms=session.timeout_ms,
+        heartbeat_interval_ms=session.heartbeat_ms,
+    )
+    async def on_advice_requested(message: KafkaMessage) -> None:
+        await answer_advice_records(service, records_of(message))
 
     return broker

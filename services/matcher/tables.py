@@ -110,3 +110,26 @@ solver_lock = Table(
 )
 
 outbox = outbox_table(metadata, "matcher_outbox")
+
+advice_requests = Table(
+    "advice_requests",
+    metadata,
+    Column("request_id", String(36), primary_key=True),
+    Column("city_id", String(64), nullable=False, index=True),
+    Column("topics", JSON, nullable=False),
+    Column("question", Text, nullable=False),
+    Column("k", Integer, nullable=False),
+    Column("source", String(10), nullable=False),  # "http" or "event"
+    Column("requested_by", String(200), nullable=False),
+    Column("matches", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per recommended member and request: the fairness window counts these.
+advice_recommendations = Table(
+    "advice_recommendations",
+    metadata,
+    Column("request_id", String(36), primary_key=True),
+    Column("city_id", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+)

@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 
@@ -41,6 +41,7 @@ class Node:
     settings: CommonSettings
     services: tuple[ServiceName, ...] = ("registry", "matcher")
     embed_broker: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
     tokens: TokenBook | None = None
     tokens_text: str | None = None
     broker: EmbeddedBroker | None = None
@@ -68,7 +69,9 @@ class Node:
         self.tokens, self.tokens_text = load_or_create_tokens(
             settings.api_tokens.get_secret_value() if settings.api_tokens else None, settings.data
         )
-        common = settings.model_dump()
+        # Service-specific options (e.g. matcher_group_id) come from the environment, or from
+        # ``overrides`` when a caller runs several differently configured nodes in one process.
+        common = {**settings.model_dump(), **self.overrides}
         if "registry" in self.services:
             self.registry = RegistryService(RegistrySettings.model_validate(common))
         if "matcher" in self.services:

@@ -187,3 +187,28 @@ def member_body(member_id: str, joined: str, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+async def group_caught_up(bootstrap: str, group: str, topics: tuple[str, ...]) -> bool:
+    """Whether ``group`` has committed offsets at the end of every partition of ``topics``
+    (an exact, observable 'the consumer has processed everything there is')."""
+    from aiokafka import TopicPartition
+
+    # A consumer with the group id that never subscribes does not join the group: it only
+    # reads the group's committed offsets.
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        await probe.topics()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(probe.partitions_for_topic(topic) or set())
+        ]
+        ends = await probe.end_offsets(partitions)
+        for tp in partitions:
+            if ends[tp] and (await probe.committed(tp) or 0) < ends[tp]:
+                return False
+        return True
+    finally:
+        await probe.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.events import Envelope
 
 log = logging.getLogger(__name__)
+
+#: Set to "1" (tests only) to kill the process after a publish and before the rows are marked.
+CRASH_AFTER_PUBLISH = "TANDEM_FAULT_CRASH_AFTER_PUBLISH"
+CRASH_EXIT_CODE = 86
 
 
 def outbox_table(metadata: MetaData, name: str) -> Table:
@@ -176,6 +181,10 @@ class OutboxRelay:
                     .values(attempts=table.c.attempts + 1)
                 )
             raise
+        if os.environ.get(CRASH_AFTER_PUBLISH) == "1":
+            # Fault injection for the reliability tests: die like a killed process between the
+            # broker's acknowledgement and marking the rows sent.
+            os._exit(CRASH_EXIT_CODE)
         async with self._engine.begin() as connection:
             await connection.execute(
                 update(table)

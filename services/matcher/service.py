@@ -64,6 +64,7 @@ class MatcherService:
         self.solves = 0
         self.last_solve: SolveResult | None = None
         self.consuming = False
+        self._solving = False
 
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,6 +142,10 @@ class MatcherService:
         return changed
 
     # solving --------------------------------------------------------------------------------
+    def solve_pending(self) -> bool:
+        """Whether a change waits for its solve (or a solve is running)."""
+        return self._dirty.is_set() or self._solving
+
     def request_solve(self) -> None:
         """Ask for a re-solve; a burst of requests is coalesced into few solves."""
         self._dirty.set()
@@ -173,6 +178,7 @@ class MatcherService:
                 except TimeoutError:
                     break
             self._dirty.clear()
+            self._solving = True
             try:
                 result = await self.solve_now()
                 backoff = 0.5
@@ -188,6 +194,8 @@ class MatcherService:
                 self._dirty.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
+            finally:
+                self._solving = False
 
     # decisions ------------------------------------------------------------------------------
     async def decide(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,9 +40,9 @@ def _settings(
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aiokafka", "faststream", "uvicorn.error"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    from services.infra.logs import configure_logging
+
+    configure_logging(level)
 
 
 def _serve(settings: CommonSettings, services: tuple[ServiceName, ...], seed: bool = False) -> None:
@@ -142,6 +141,34 @@ def matcher(
         console.print("[red]the matcher alone needs --broker or TANDEM_BROKER[/]")
         raise typer.Exit(2)
     _serve(settings, ("matcher",))
+
+
+@app.command()
+def config(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the README's configuration table.")
+    ] = False,
+) -> None:
+    """Print the effective configuration (from TANDEM_* variables), secrets masked."""
+    from rich.table import Table
+
+    from services.infra.settings import config_rows, config_table_markdown, effective_configuration
+
+    if markdown:
+        typer.echo(config_table_markdown(), nl=False)
+        return
+    try:
+        values = effective_configuration()
+    except ValueError as error:
+        console.print(f"[red]invalid configuration:[/] {error}")
+        raise typer.Exit(2) from error
+    table = Table(title="Tandem configuration")
+    table.add_column("variable")
+    table.add_column("value")
+    table.add_column("service")
+    for variable, _default, scope, _meaning in config_rows():
+        table.add_row(variable, values.get(variable, "see TANDEM_EXTRA_TOPICS"), scope)
+    Console().print(table)
 
 
 @app.command()

@@ -7,14 +7,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from schemas import generate
 from services.infra.auth import TokenBook
-from services.infra.consumer import run_consumer
+from services.infra.consumer import consumer_lag, run_consumer
 from services.infra.http import BodyLimit
+from services.infra.logs import RequestIds
+from services.infra.metrics import CONSUMER_LAG, HTTP_REQUESTS, OUTBOX_BACKLOG, PROPOSALS
+from services.matcher import store as matcher_store
 from services.matcher.consumers import build_consumer as build_matcher_consumer
 from services.matcher.service import MatcherService
 from services.registry.consumers import build_consumer as build_registry_consumer
@@ -32,10 +36,12 @@ def create_app(
     """The API of the given services on one base URL, with ``/health``, ``/ready``,
     ``/metrics``. The lifespan starts and stops the services."""
 
+    brokers: list[KafkaBroker] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
-        brokers: list[KafkaBroker] = []
+        brokers.clear()
         if registry is not None:
             await registry.start()
             if consume:
@@ -72,7 +78,17 @@ def create_app(
     app.state.tokens = tokens
     app.state.registry = registry
     app.state.matcher = matcher
+    app.state.brokers = brokers
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestIds)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        return response
 
     if registry is not None:
         from services.registry.api import router as registry_router
@@ -100,6 +116,28 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
+        await refresh_gauges(registry, matcher, brokers)
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/docs/asyncapi", tags=["operations"], summary="AsyncAPI document of the events")
+    async def asyncapi() -> JSONResponse:
+        return JSONResponse(content=generate.asyncapi())
+
     return app
+
+
+async def refresh_gauges(
+    registry: RegistryService | None, matcher: MatcherService | None, brokers: list[KafkaBroker]
+) -> None:
+    """Read the gauges' current values just before a scrape (cheap counts)."""
+    with contextlib.suppress(Exception):  # a database that is away must not break /metrics
+        if registry is not None:
+            OUTBOX_BACKLOG.labels("registry").set(await registry.relay.backlog())
+        if matcher is not None:
+            OUTBOX_BACKLOG.labels("matcher").set(await matcher.relay.backlog())
+            counts = await matcher_store.status_counts(matcher.engine)
+            for status in matcher_store.PROPOSAL_STATUSES:
+                PROPOSALS.labels(status).set(counts[status])
+    for broker in brokers:
+        for group, behind in consumer_lag(broker).items():
+            CONSUMER_LAG.labels(group).set(behind)

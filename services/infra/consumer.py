@@ -11,15 +11,43 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker, KafkaMessage
 
+from services.infra.metrics import EVENTS_CONSUMED
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
 
 def records_of(message: KafkaMessage) -> tuple[Any, ...]:
-    """The aiokafka records behind a (batch) message."""
+    """The aiokafka records behind a (batch) message (counted as consumed)."""
     raw = message.raw_message
-    return raw if isinstance(raw, tuple) else (raw,)
+    records = raw if isinstance(raw, tuple) else (raw,)
+    for record in records:
+        EVENTS_CONSUMED.labels(record.topic).inc()
+    return records
+
+
+def consumer_lag(broker: KafkaBroker) -> dict[str, int]:
+    """Records behind the partition ends per consumer group, as far as aiokafka knows them
+    (its fetch responses carry each partition's high watermark)."""
+    lag: dict[str, int] = {}
+    for subscriber in broker.subscribers:
+        consumer = getattr(subscriber, "consumer", None)
+        group = getattr(consumer, "_group_id", None)
+        if consumer is None or group is None:
+            continue
+        behind = 0
+        try:
+            assignment = consumer._subscription.subscription.assignment
+            for partition in consumer.assignment():
+                high = consumer.highwater(partition)
+                state = assignment.state_value(partition)
+                if high is not None and state is not None and state.has_valid_position:
+                    behind += max(0, high - state.position)
+        except (AttributeError, KeyError, AssertionError):
+            # The position lives in aiokafka's internals; without them there is no lag figure.
+            continue
+        lag[group] = lag.get(group, 0) + behind
+    return lag
 
 
 def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Envelope
+from services.infra.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,10 @@ class OutboxRelay:
                 .where(table.c.seq.in_([r.seq for r in records]))
                 .values(sent_at=utcnow())
             )
+        for record in records:
+            EVENTS_PUBLISHED.labels(record.topic).inc()
+            if record.topic.endswith(".dlq"):
+                DEAD_LETTERS.labels(record.topic.removesuffix(".dlq")).inc()
         if self._on_sent is not None:
             result = self._on_sent(records)
             if result is not None:

@@ -80,6 +80,16 @@ class MatcherSettings(CommonSettings):
         default=None,
         description="Score weights, e.g. `topics=0.4,population=0.2`; unset: the defaults.",
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str | None) -> str | None:
+        if value is not None:
+            from services.matcher.domain.scoring import Weights
+
+            Weights.parse(value)  # raises ValueError naming the problem
+        return value
+
     tandem_months: int = Field(default=12, ge=1, le=120, description="How long a tandem runs.")
     solve_debounce_ms: int = Field(
         default=50, ge=0, le=10_000, description="Quiet time that coalesces a burst into a solve."
@@ -88,10 +98,90 @@ class MatcherSettings(CommonSettings):
         default=500, ge=0, le=60_000, description="Longest a change waits for its solve."
     )
     outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
-    outbox_poll_seconds: float = Field(default=1.0, gt=0, description="Relay poll when idle.")
+    outbox_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
+    )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."
     )
     advice_per_advisor_limit: int = Field(
         default=2, ge=1, le=100, description="Requests one member may answer in a joint solve."
     )
+
+
+SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (
+    CommonSettings,
+    RegistrySettings,
+    MatcherSettings,
+)
+SECRET_FIELDS = {"api_tokens"}
+
+
+def _default_text(name: str, cls: type[CommonSettings]) -> str:
+    field = cls.model_fields[name]
+    if name == "database_url":
+        return "SQLite in the data directory"
+    if field.default is None:
+        return "unset"
+    return f"`{field.default}`"
+
+
+def config_rows() -> list[tuple[str, str, str, str]]:
+    """(variable, default, service, description) for every option, common ones first."""
+    rows: list[tuple[str, str, str, str]] = []
+    seen: set[str] = set()
+    for cls in SETTINGS_CLASSES:
+        for name, field in cls.model_fields.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            owners = [c for c in SETTINGS_CLASSES[1:] if name in c.model_fields]
+            scope = (
+                "all"
+                if name in CommonSettings.model_fields
+                else ", ".join(c.__name__.removesuffix("Settings").lower() for c in owners)
+            )
+            rows.append(
+                (f"TANDEM_{name.upper()}", _default_text(name, cls), scope, field.description or "")
+            )
+    rows.append(
+        ("TANDEM_EXTRA_TOPICS", "unset", "all", "Extra topic slugs (comma-separated) for the "
+         "vocabulary.")
+    )  # fmt: skip
+    return rows
+
+
+def config_table_markdown() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    lines = ["| variable | default | service | meaning |", "| --- | --- | --- | --- |"]
+    for variable, default, scope, description in config_rows():
+        lines.append(f"| `{variable}` | {default} | {scope} | {description.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def effective_configuration() -> dict[str, str]:
+    """Every option's effective value in this environment, secrets masked."""
+    values: dict[str, str] = {}
+    for cls in SETTINGS_CLASSES:
+        settings = cls()
+        for name in cls.model_fields:
+            value = getattr(settings, name)
+            if name in SECRET_FIELDS and value is not None:
+                text = "***"
+            elif name == "database_url":
+                text = _mask_password(
+                    settings.database_for("registry" if cls is not MatcherSettings else "matcher")
+                )
+            else:
+                text = str(value) if value is not None else "unset"
+            values.setdefault(f"TANDEM_{name.upper()}", text)
+    return values
+
+
+def _mask_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -30,6 +30,7 @@ from schemas.events import (
     parse_event,
 )
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
+from services.infra.metrics import ADVICE_REQUESTS
 from services.infra.outbox import enqueue, utcnow
 from services.matcher import tables
 from services.matcher.domain.advice import AdviceMatch, AdviceRequest, assign_advisors
@@ -140,6 +141,7 @@ async def _store(
         "created_at": now,
     }  # fmt: skip
     await connection.execute(insert(tables.advice_requests).values(**row))
+    ADVICE_REQUESTS.labels(item.source).inc()
     for match in found:
         await connection.execute(
             insert(tables.advice_recommendations).values(

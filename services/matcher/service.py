@@ -26,6 +26,7 @@ from schemas.events import (
 from services.infra.db import make_engine, migrate
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.kafka import KafkaSink
+from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import MatcherSettings
 from services.matcher import store, tables
@@ -152,7 +153,8 @@ class MatcherService:
 
     async def solve_now(self) -> SolveResult:
         """Re-solve at once (also used by tests and the bench)."""
-        result = await resolve(self.engine, self.weights, self.today(), self.holder)
+        with SOLVE_SECONDS.time():
+            result = await resolve(self.engine, self.weights, self.today(), self.holder)
         self.solves += 1
         self.last_solve = result
         if result.proposed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -105,3 +106,43 @@ async def test_invalid_city_joined_goes_to_dlq_and_consumer_continues(
     assert dead[0]["value"]["original"] == "{not json"
     assert dead[0]["value"]["error"]
     assert dead[0]["key"] == "broken"
+
+
+async def test_operations_endpoints_metrics_asyncapi_and_request_ids(
+    node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient
+) -> None:
+    from services.infra.metrics import METRIC_NAMES
+
+    for body in (
+        member_body("ammerbuch", "2015-01-01"),
+        member_body("goeppingen", "2024-03-01", seeks_tandem=True),
+    ):
+        assert (await platform.post("/api/members", json=body)).status_code == 201
+    await eventually(lambda: pending_for(staff, "goeppingen"), "a proposal")
+    advice = await staff.post(
+        "/api/advice-requests", json={"city_id": "goeppingen", "topics": ["democracy"]}
+    )
+    assert advice.status_code == 201
+
+    async def published() -> str | None:
+        text = (await staff.get("/metrics")).text
+        return text if 'tandem_events_published_total{topic="tandem.proposed"}' in text else None
+
+    metrics = await eventually(published, "tandem.proposed to be counted")
+    for name in METRIC_NAMES:
+        assert name in metrics, name
+    # Counters are per process (other tests count too): they must have counted at least ours.
+    consumed = re.search(r'tandem_events_consumed_total\{topic="city.joined"\} ([0-9.]+)', metrics)
+    assert consumed and float(consumed.group(1)) >= 2
+    assert 'tandem_proposals{status="pending"} 1.0' in metrics
+    assert "tandem_solve_seconds_count" in metrics
+
+    asyncapi = (await staff.get("/docs/asyncapi")).json()
+    assert asyncapi["asyncapi"].startswith("3.")
+    assert {c["address"] for c in asyncapi["channels"].values()} >= {
+        "city.joined",
+        "tandem.proposed",
+    }
+    echoed = await staff.get("/health", headers={"X-Request-ID": "req-42"})
+    assert echoed.headers["x-request-id"] == "req-42"
+    assert (await staff.get("/health")).headers["x-request-id"]

@@ -1,0 +1,46 @@
+"""Prometheus metrics of both services (one registry per process; names are part of the
+operations contract and pinned by a test)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter("tandem_events_consumed", "Kafka records consumed, by topic.", ["topic"])
+EVENTS_PUBLISHED = Counter(
+    "tandem_events_published", "Records the broker acknowledged, by topic.", ["topic"]
+)
+DEAD_LETTERS = Counter(
+    "tandem_dead_letters", "Records sent to a dead-letter topic, by original topic.", ["topic"]
+)
+OUTBOX_BACKLOG = Gauge(
+    "tandem_outbox_backlog", "Outbox rows not yet acknowledged by the broker.", ["service"]
+)
+SOLVE_SECONDS = Histogram(
+    "tandem_solve_seconds",
+    "Duration of a joint re-solve (scoring, assignment, explanations, writing).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PROPOSALS = Gauge("tandem_proposals", "Tandem proposals by status.", ["status"])
+ADVICE_REQUESTS = Counter(
+    "tandem_advice_requests", "Collegial-advice requests answered, by source.", ["source"]
+)
+CONSUMER_LAG = Gauge(
+    "tandem_consumer_lag", "Records behind the partition end, by consumer group.", ["group"]
+)
+HTTP_REQUESTS = Counter(
+    "tandem_http_requests", "HTTP requests by method, route and status.",
+    ["method", "route", "status"],
+)  # fmt: skip
+
+#: The metric names operators and dashboards rely on (counters get ``_total`` on export).
+METRIC_NAMES = (
+    "tandem_events_consumed_total",
+    "tandem_events_published_total",
+    "tandem_dead_letters_total",
+    "tandem_outbox_backlog",
+    "tandem_solve_seconds",
+    "tandem_proposals",
+    "tandem_advice_requests_total",
+    "tandem_consumer_lag",
+    "tandem_http_requests_total",
+)

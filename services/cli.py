@@ -173,15 +173,20 @@ def config(
 
 @app.command()
 def demo(
-    cohort: Annotated[int, typer.Option("--cohort", help="The cohort that joins.")] = 2024,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the matcher.")] = 60,
+    cohort: Annotated[
+        int | None, typer.Option("--cohort", help="The cohort to show (default: the newest).")
+    ] = None,
+    interactive: Annotated[
+        bool, typer.Option("--interactive", help="Decide the shown cohort's proposals by hand.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each step.")] = 60,
 ) -> None:
-    """The main job: the real network on an embedded broker; the newest cohort joins and gets
-    its proposals."""
+    """The main job: the real network's history on an embedded broker, cohort by cohort, with
+    the proposals for the newest cohort and one collegial-advice answer."""
     from services.demo.run import run_demo
 
     _configure_logging("WARNING")
-    code = asyncio.run(run_demo(cohort=cohort, timeout=timeout))
+    code = asyncio.run(run_demo(cohort=cohort, timeout=timeout, interactive=interactive))
     raise typer.Exit(code)
 
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from services.demo.network import DemoMember, load_network, split_cohort
+from services.demo.network import DemoMember, load_network
 from services.infra.settings import CommonSettings
 from services.runtime import Node
 
@@ -37,97 +37,193 @@ ESTIMATED_DE = {
 }
 
 
+STATUS_DE = {
+    "pending": "offen",
+    "accepted": "angenommen",
+    "rejected": "abgelehnt",
+    "superseded": "ersetzt",
+    "withdrawn": "zurückgezogen",
+}
+
+
 class DemoFailed(RuntimeError):
     """Something the demo needs did not happen; the message says what."""
 
 
-async def register(client: httpx.AsyncClient, members: Sequence[DemoMember]) -> None:
-    """Register ``members`` through the API, a few at a time."""
-    gate = asyncio.Semaphore(8)
+class Staff:
+    """The demo's HTTP side: what the platform and programme staff would do."""
 
-    async def one(member: DemoMember) -> None:
-        async with gate:
-            body = member.registration.model_dump(mode="json", exclude_none=True)
-            response = await client.post("/api/members", json=body)
-            if response.status_code != 201:
-                raise DemoFailed(
-                    f"registering {member.id} failed: {response.status_code} {response.text}"
+    def __init__(self, client: httpx.AsyncClient, platform: str, staff: str, timeout: float):
+        self.client = client
+        self.platform = {"Authorization": f"Bearer {platform}"}
+        self.staff = {"Authorization": f"Bearer {staff}"}
+        self.timeout = timeout
+        self.known = 0
+
+    async def register(self, members: Sequence[DemoMember], *, seeking: bool) -> None:
+        """Register ``members`` through the API (a few at a time), then wait until the matcher
+        has read them all from the broker."""
+        gate = asyncio.Semaphore(8)
+
+        async def one(member: DemoMember) -> None:
+            async with gate:
+                body = member.registration.model_dump(mode="json", exclude_none=True)
+                body["seeks_tandem"] = seeking
+                response = await self.client.post("/api/members", json=body, headers=self.platform)
+                if response.status_code != 201:
+                    raise DemoFailed(
+                        f"registering {member.id} failed: {response.status_code} {response.text}"
+                    )
+
+        await asyncio.gather(*(one(m) for m in members))
+        self.known += len(members)
+
+        async def matcher_knows_all() -> bool:
+            status = await self.get("/api/matcher/status")
+            return bool(status["members"] >= self.known)
+
+        await self.wait_for("the matcher to learn the new members", matcher_knows_all)
+
+    async def get(self, path: str, **params: Any) -> Any:
+        response = await self.client.get(path, params=params, headers=self.staff)
+        if response.status_code != 200:
+            raise DemoFailed(f"GET {path} failed: {response.status_code} {response.text}")
+        return response.json()
+
+    async def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = await self.client.post(path, json=body, headers=self.staff)
+        if response.status_code not in (200, 201):
+            raise DemoFailed(f"POST {path} failed: {response.status_code} {response.text}")
+        return response.json()
+
+    async def wait_for(self, what: str, check: Any) -> Any:
+        """Poll ``check()`` until it returns something truthy, or fail after the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            result = await check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"timed out after {self.timeout:.0f} s waiting for {what}")
+            await asyncio.sleep(0.1)
+
+    async def answers_for(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """Wait until every newcomer in ``wanted`` has a pending proposal or a reason why not."""
+
+        async def all_answered() -> dict[str, dict[str, Any]] | None:
+            pending = await self.get("/api/proposals", status="pending", limit=1000)
+            waiting = await self.get("/api/newcomers/waiting")
+            proposals = {
+                p["newcomer_id"]: p for p in pending["items"] if p["newcomer_id"] in wanted
+            }
+            unmatched = {
+                w["newcomer_id"]: w for w in waiting["items"] if w["newcomer_id"] in wanted
+            }
+            if set(proposals) | set(unmatched) >= wanted:
+                return {"proposals": proposals, "unmatched": unmatched}
+            return None
+
+        found: dict[str, dict[str, Any]] = await self.wait_for("proposals", all_answered)
+        return found
+
+
+async def replay(
+    staff: Staff, members: Sequence[DemoMember], cohort: int, interactive: bool
+) -> tuple[list[DemoMember], dict[str, dict[str, Any]]]:
+    """The network's history: founders first, then every cohort in order of its join year
+    joins through the API and gets its proposals, which staff accept (tandems starting in
+    March of that year, so they have ended by the next cohort) — until ``cohort``, whose
+    proposals are returned undecided (or decided by hand with ``interactive``)."""
+    years = sorted({m.join_year for m in members if m.join_year is not None})
+    founding = years[0]
+    founders = [m for m in members if m.join_year is None or m.join_year == founding]
+    err.print(f"{len(founders)} founding members (from {founding} or without a known year) ...")
+    await staff.register(founders, seeking=False)
+    for year in (y for y in years if founding < y <= cohort):
+        joining = [m for m in members if m.join_year == year]
+        await staff.register(joining, seeking=True)
+        answers = await staff.answers_for({m.id for m in joining})
+        if year == cohort:
+            if interactive:
+                await decide_by_hand(staff, joining, answers["proposals"])
+            return joining, answers
+        for proposal in answers["proposals"].values():
+            await staff.post(
+                f"/api/proposals/{proposal['proposal_id']}/accept",
+                {"reason": "Demo: angenommen", "started_on": f"{year}-03-01"},
+            )
+        err.print(
+            f"{year}: {len(joining)} neue Mitglieder, {len(answers['proposals'])} Tandems "
+            f"angenommen, {len(answers['unmatched'])} ohne Vorschlag"
+        )
+    raise DemoFailed(f"no members joined in {cohort}")
+
+
+async def decide_by_hand(
+    staff: Staff, joining: Sequence[DemoMember], proposals: dict[str, dict[str, Any]]
+) -> None:
+    """Ask in the terminal what to do with each proposal of the cohort."""
+    from rich.prompt import Prompt
+
+    for member in joining:
+        proposal = proposals.get(member.id)
+        if proposal is None:
+            continue
+        out.print(
+            f"\n[bold]{member.registration.name}[/] -> [green]{proposal['mentor_id']}[/] "
+            f"({proposal['score']:.2f}): " + "; ".join(proposal["reasons"])
+        )
+        for index, alternative in enumerate(proposal["alternatives"], start=1):
+            out.print(f"  {index}: {alternative['mentor_id']} ({alternative['score']:.2f})")
+        choices = ["a", "r", "s", *(str(i) for i in range(1, len(proposal["alternatives"]) + 1))]
+        choice = await asyncio.to_thread(
+            Prompt.ask, "[a]nnehmen, [r] ablehnen, [s] überspringen, Nummer = Alternative",
+            choices=choices, default="s", console=out,
+        )  # fmt: skip
+        path = f"/api/proposals/{proposal['proposal_id']}"
+        if choice == "a":
+            proposal.update(await staff.post(f"{path}/accept", {"reason": "Demo (Terminal)"}))
+        elif choice == "r":
+            reason = await asyncio.to_thread(
+                Prompt.ask, "Grund", default="passt nicht", console=out
+            )
+            proposal.update(await staff.post(f"{path}/reject", {"reason": reason}))
+        elif choice.isdigit():
+            mentor = proposal["alternatives"][int(choice) - 1]["mentor_id"]
+            proposal.update(
+                await staff.post(
+                    f"{path}/choose", {"mentor_id": mentor, "reason": "Demo (Terminal)"}
                 )
-
-    await asyncio.gather(*(one(m) for m in members))
-
-
-async def wait_for(client: httpx.AsyncClient, what: str, check: Any, timeout: float) -> Any:
-    """Poll ``check(client)`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check(client)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
+            )
 
 
-async def run_demo(cohort: int = 2024, timeout: float = 60) -> int:
+async def run_demo(
+    cohort: int | None = None, timeout: float = 60, interactive: bool = False
+) -> int:
     """Run the demo; returns the exit code."""
     started = time.monotonic()
-    members = load_network(newcomer_year=cohort)
-    existing, newcomers = split_cohort(members, cohort)
-    if not newcomers:
-        err.print(f"[red]no members joined in {cohort}[/]")
+    members = load_network()
+    years = sorted({m.join_year for m in members if m.join_year is not None})
+    shown = cohort if cohort is not None else years[-1]
+    if shown not in years[1:]:
+        err.print(f"[red]no cohort {shown}: choose one of {', '.join(map(str, years[1:]))}[/]")
         return 2
     by_id = {m.id: m for m in members}
-    platform, staff = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    platform, staff_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="tandem-demo-") as data:
         settings = CommonSettings(
-            data=Path(data),
-            port=0,
-            api_tokens=SecretStr(f"platform:{platform},staff:{staff}"),
-        )
+            data=Path(data), port=0,
+            api_tokens=SecretStr(f"platform:{platform},staff:{staff_token}:Demo-Team"),
+        )  # fmt: skip
         node = Node(settings)
         try:
             err.print("starting embedded broker, registry and matcher ...")
             await node.start()
             err.print(f"running at {node.url} (broker {node.settings.broker})")
             async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
-                client.headers["Authorization"] = f"Bearer {platform}"
-                err.print(f"registering {len(existing)} existing members ...")
-                await register(client, existing)
-                client.headers["Authorization"] = f"Bearer {staff}"
-
-                async def matcher_knows_all(c: httpx.AsyncClient) -> bool:
-                    status = (await c.get("/api/matcher/status")).json()
-                    return bool(status["members"] >= len(existing))
-
-                await wait_for(
-                    client, "the matcher to learn the network", matcher_knows_all, timeout
-                )
-                err.print(f"the {cohort} cohort joins: {len(newcomers)} newcomers ...")
-                client.headers["Authorization"] = f"Bearer {platform}"
-                await register(client, newcomers)
-                client.headers["Authorization"] = f"Bearer {staff}"
-                wanted = {m.id for m in newcomers}
-
-                async def all_answered(c: httpx.AsyncClient) -> dict[str, Any] | None:
-                    pending = (
-                        await c.get("/api/proposals", params={"status": "pending", "limit": 1000})
-                    ).json()
-                    waiting = (await c.get("/api/newcomers/waiting")).json()
-                    proposals = {
-                        p["newcomer_id"]: p for p in pending["items"] if p["newcomer_id"] in wanted
-                    }
-                    unmatched = {
-                        w["newcomer_id"]: w for w in waiting["items"] if w["newcomer_id"] in wanted
-                    }
-                    if set(proposals) | set(unmatched) >= wanted:
-                        return {"proposals": proposals, "unmatched": unmatched}
-                    return None
-
-                result = await wait_for(
-                    client, "proposals for every newcomer", all_answered, timeout
-                )
-                advice = await ask_advice(client, newcomers[0])
+                staff = Staff(client, platform, staff_token, timeout)
+                joining, answers = await replay(staff, members, shown, interactive)
+                advice = await ask_advice(staff, joining[0])
         except DemoFailed as error:
             err.print(f"[red]demo failed:[/] {error}")
             return 1
@@ -136,7 +232,7 @@ async def run_demo(cohort: int = 2024, timeout: float = 60) -> int:
             return 1
         finally:
             await node.stop()
-    print_proposals(cohort, newcomers, by_id, result["proposals"], result["unmatched"])
+    print_proposals(shown, joining, by_id, answers["proposals"], answers["unmatched"])
     print_advice(advice, by_id)
     err.print(f"done in {time.monotonic() - started:.1f} s")
     return 0
@@ -145,16 +241,13 @@ async def run_demo(cohort: int = 2024, timeout: float = 60) -> int:
 ADVICE_QUESTION = "Wie gewinnen wir junge Menschen für ein Ehrenamt in unseren Vereinen?"
 
 
-async def ask_advice(client: httpx.AsyncClient, asker: DemoMember) -> dict[str, Any]:
+async def ask_advice(staff: Staff, asker: DemoMember) -> dict[str, Any]:
     """Collegial advice for ``asker`` on the real network (as staff on its behalf)."""
     topics = list(asker.registration.interests[:2]) or ["volunteer_recruitment"]
-    response = await client.post(
+    answer: dict[str, Any] = await staff.post(
         "/api/advice-requests",
-        json={"city_id": asker.id, "topics": topics, "question": ADVICE_QUESTION, "k": 3},
+        {"city_id": asker.id, "topics": topics, "question": ADVICE_QUESTION, "k": 3},
     )
-    if response.status_code != 201:
-        raise DemoFailed(f"advice request failed: {response.status_code} {response.text}")
-    answer: dict[str, Any] = response.json()
     return answer
 
 
@@ -200,7 +293,7 @@ def print_proposals(
     table = Table(title=f"Tandem-Vorschläge für den Jahrgang {cohort}", show_lines=True)
     table.add_column("Neue Stadt", style="bold")
     table.add_column("Vorgeschlagene Tandem-Stadt", style="green")
-    table.add_column("Score", justify="right")
+    table.add_column("Score / Status", justify="right")
     table.add_column("Gründe")
     table.add_column("Nächste Alternative")
     table.add_column("geschätzt (*)", style="dim")
@@ -230,7 +323,7 @@ def print_proposals(
         table.add_row(
             member.registration.name,
             _name(by_id, proposal["mentor_id"]),
-            f"{proposal['score']:.2f}",
+            f"{proposal['score']:.2f}\n{STATUS_DE.get(proposal['status'], proposal['status'])}",
             "\n".join(proposal["reasons"]),
             alternative,
             estimated,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -29,9 +30,14 @@ class RejectBody(BaseModel):
 
 
 class AcceptBody(BaseModel):
-    """An optional note on an acceptance."""
+    """An optional note on an acceptance, and when the tandem began if not today."""
 
     reason: str = Field(default="", max_length=2000)
+    started_on: dt.date | None = Field(
+        default=None,
+        description="When the tandem began (today if absent; not in the future). It runs the "
+        "configured number of months from then.",
+    )
 
 
 def _service(request: Request) -> MatcherService:
@@ -70,10 +76,10 @@ async def get_proposal(proposal_id: str, _: Staff, service: Service) -> dict[str
 
 async def _decide(
     service: MatcherService, proposal_id: str, decision: Literal["accepted", "rejected"],
-    principal: Principal, reason: str,
+    principal: Principal, reason: str, started: dt.date | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     try:
-        return await service.decide(proposal_id, decision, principal.name, reason)
+        return await service.decide(proposal_id, decision, principal.name, reason, started)
     except ProposalNotFound as error:
         raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}") from error
     except IllegalTransition as error:
@@ -85,7 +91,16 @@ async def accept(
     proposal_id: str, principal: Staff, service: Service, body: AcceptBody | None = None
 ) -> dict[str, Any]:
     """Accept; 409 unless pending. The tandem uses one unit of the mentor's capacity."""
-    return await _decide(service, proposal_id, "accepted", principal, body.reason if body else "")
+    started = body.started_on if body else None
+    if started is not None and started > service.today():
+        raise HTTPException(
+            status_code=422,
+            detail=[{"loc": ["body", "started_on"], "msg": "must not be in the future",
+                     "type": "value_error"}],
+        )  # fmt: skip
+    return await _decide(
+        service, proposal_id, "accepted", principal, body.reason if body else "", started
+    )
 
 
 @router.post("/proposals/{proposal_id}/reject", summary="Reject a pending proposal (staff)")

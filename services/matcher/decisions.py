@@ -40,8 +40,11 @@ async def decide(
     reason: str,
     today: dt.date,
     tandem_months: int,
+    started: dt.date | None = None,
 ) -> dict[str, Any]:
-    """Record the decision on a pending proposal and queue ``tandem.decided``.
+    """Record the decision on a pending proposal and queue ``tandem.decided``. An accepted
+    tandem runs ``tandem_months`` from ``started`` (default today; earlier dates record
+    tandems that began before they were entered).
 
     Raises ProposalNotFound, or IllegalTransition unless the proposal is pending."""
     async with engine.begin() as connection:
@@ -64,7 +67,7 @@ async def decide(
             "decision_reason": reason,
         }
         if decision == "accepted":
-            values["ends_on"] = add_months(today, tandem_months)
+            values["ends_on"] = add_months(started or today, tandem_months)
         await connection.execute(
             update(tables.proposals)
             .where(tables.proposals.c.proposal_id == proposal_id)

@@ -23,6 +23,7 @@ from schemas.events import (
     UnknownVersion,
     parse_event,
 )
+from schemas.member import PublicMember
 from services.infra.db import make_engine, migrate
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.kafka import KafkaSink
@@ -128,16 +129,28 @@ class MatcherService:
             self.relay.wake()
 
     async def _apply(self, events: list[Envelope[Any]], dead: list[DeadLetter]) -> bool:
+        """Apply the events in order, in one transaction with their dedup records. Consecutive
+        member upserts go to the database together (few statements per batch, not per event);
+        a departure in between is applied at its place in the order."""
         changed = False
         async with self.engine.begin() as connection:
+            seen = await store.seen_before(connection, [(str(e.id), e.type) for e in events])
+            upserts: list[PublicMember] = []
             for envelope in events:
-                if await store.seen_before(connection, str(envelope.id), envelope.type):
+                event_id = str(envelope.id)
+                if event_id in seen:
                     continue
+                seen.add(event_id)  # the same event twice in one batch: apply it once
                 data = envelope.data
                 if isinstance(data, CityJoined | CityUpdated):
-                    changed |= await store.upsert_member(connection, data)
+                    upserts.append(data)
                 elif isinstance(data, CityLeft):
+                    if upserts:
+                        changed |= await store.upsert_member(connection, upserts)
+                        upserts = []
                     changed |= await store.member_left(connection, data.id, data.reason)
+            if upserts:
+                changed |= await store.upsert_member(connection, upserts)
             for letter in dead:
                 await enqueue_dead_letter(connection, tables.outbox, letter)
         return changed
@@ -201,12 +214,13 @@ class MatcherService:
 
     # decisions ------------------------------------------------------------------------------
     async def decide(
-        self, proposal_id: str, decision: Decision, actor: str, reason: str
-    ) -> dict[str, Any]:
+        self, proposal_id: str, decision: Decision, actor: str, reason: str,
+        started: dt.date | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """Accept or reject a pending proposal; publishes ``tandem.decided`` and re-solves."""
         row = await decide(
             self.engine, proposal_id, decision, actor, reason, self.today(),
-            self.settings.tandem_months,
+            self.settings.tandem_months, started,
         )  # fmt: skip
         self.relay.wake()
         self.request_solve()

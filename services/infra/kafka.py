@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from services.infra.outbox import OutboxRecord
+from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +97,12 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int =
                 pass
     finally:
         await admin.close()
+
+
+def kafka_sink(settings: CommonSettings, service: str) -> KafkaSink:
+    """The producer of ``service`` (``registry`` or ``matcher``) for its outbox relay."""
+    if not settings.broker:
+        raise ValueError(f"the {service} needs a broker address (TANDEM_BROKER)")
+    return KafkaSink(
+        settings.broker, idempotence=settings.kafka_idempotence, client_id=f"tandem-{service}"
+    )

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Envelope
 from services.infra.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
+from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +77,24 @@ class OutboxRecord:
     payload: str
 
 
+def outbox_row(envelope: Envelope[Any], key: str) -> dict[str, Any]:
+    """The outbox row of ``envelope``: for ``enqueue``, or for one ``insert`` of many rows (an
+    executemany) where a transaction queues a lot of events at once."""
+    return {
+        "event_id": str(envelope.id),
+        "topic": envelope.type,
+        "key": key,
+        "payload": envelope.model_dump_json(),
+        "created_at": utcnow(),
+        "attempts": 0,
+    }
+
+
 async def enqueue(
     connection: AsyncConnection, table: Table, envelope: Envelope[Any], key: str
 ) -> None:
     """Add ``envelope`` to the outbox inside the caller's transaction."""
-    await connection.execute(
-        insert(table).values(
-            event_id=str(envelope.id),
-            topic=envelope.type,
-            key=key,
-            payload=envelope.model_dump_json(),
-            created_at=utcnow(),
-            attempts=0,
-        )
-    )
+    await connection.execute(insert(table).values(**outbox_row(envelope, key)))
 
 
 async def enqueue_raw(
@@ -139,6 +144,16 @@ class OutboxRelay:
         self._keep_sent = keep_sent
         self.broker_ok = False
         self.last_error: str | None = None
+
+    @classmethod
+    def of(
+        cls, settings: CommonSettings, engine: AsyncEngine, table: Table, sink: RecordSink
+    ) -> OutboxRelay:
+        """The relay of a service, configured by its settings."""
+        return cls(
+            engine, table, sink, batch=settings.outbox_batch,
+            poll_seconds=settings.outbox_poll_seconds,
+        )  # fmt: skip
 
     def wake(self) -> None:
         """Tell the relay new rows are there (it also polls, so this is only about latency)."""

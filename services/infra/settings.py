@@ -38,6 +38,10 @@ class CommonSettings(BaseSettings):
         description="Consumer group session timeout; unset: 10000, or 1500 on the embedded "
         "broker (which accepts short sessions, so a restarted consumer rejoins fast).",
     )
+    outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
+    outbox_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
+    )
     kafka_idempotence: bool = Field(
         default=False,
         description="Idempotent producer (real Kafka only; the embedded broker lacks it).",
@@ -63,10 +67,6 @@ class RegistrySettings(CommonSettings):
 
     registry_group_id: str = Field(
         default="tandem-registry", description="Consumer group of the registry (member.admitted)."
-    )
-    outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
-    outbox_poll_seconds: float = Field(
-        default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
     )
 
 
@@ -96,10 +96,6 @@ class MatcherSettings(CommonSettings):
     )
     solve_max_delay_ms: int = Field(
         default=500, ge=0, le=60_000, description="Longest a change waits for its solve."
-    )
-    outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
-    outbox_poll_seconds: float = Field(
-        default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
     )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."

@@ -26,7 +26,7 @@ from schemas.events import (
 from schemas.member import PublicMember
 from services.infra.db import make_engine, migrate
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
-from services.infra.kafka import KafkaSink
+from services.infra.kafka import kafka_sink
 from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import MatcherSettings
@@ -46,20 +46,8 @@ class MatcherService:
         self.settings = settings
         self.weights = Weights.parse(settings.weights) if settings.weights else Weights()
         self.engine = make_engine(settings.database_for("matcher"))
-        if sink is None:
-            if not settings.broker:
-                raise ValueError("the matcher needs a broker address (TANDEM_BROKER)")
-            sink = KafkaSink(
-                settings.broker, idempotence=settings.kafka_idempotence, client_id="tandem-matcher"
-            )
-        self.sink = sink
-        self.relay = OutboxRelay(
-            self.engine,
-            tables.outbox,
-            sink,
-            batch=settings.outbox_batch,
-            poll_seconds=settings.outbox_poll_seconds,
-        )
+        self.sink = sink or kafka_sink(settings, "matcher")
+        self.relay = OutboxRelay.of(settings, self.engine, tables.outbox, self.sink)
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

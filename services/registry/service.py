@@ -18,10 +18,10 @@ from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.db import make_engine, migrate
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.dedup import seen_before
-from services.infra.kafka import KafkaSink
+from services.infra.kafka import kafka_sink
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import RegistrySettings
-from services.registry import store, tables
+from services.registry import gazetteer, store, tables
 from services.registry.admission import admission_violations
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,8 @@ class RegistryService:
     def __init__(self, settings: RegistrySettings, sink: RecordSink | None = None) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database_for("registry"))
-        if sink is None:
-            if not settings.broker:
-                raise ValueError("the registry needs a broker address (TANDEM_BROKER)")
-            sink = KafkaSink(
-                settings.broker, idempotence=settings.kafka_idempotence, client_id="tandem-registry"
-            )
-        self.sink = sink
-        self.relay = OutboxRelay(
-            self.engine,
-            tables.outbox,
-            sink,
-            batch=settings.outbox_batch,
-            poll_seconds=settings.outbox_poll_seconds,
-        )
+        self.sink = sink or kafka_sink(settings, "registry")
+        self.relay = OutboxRelay.of(settings, self.engine, tables.outbox, self.sink)
         self._task: asyncio.Task[None] | None = None
         self.consuming = False
 
@@ -73,9 +61,12 @@ class RegistryService:
             await close()
         await self.engine.dispose()
 
-    async def register(self, member: MemberRegistration, actor: str) -> dict[str, Any]:
-        """Store ``member`` with its ``city.joined`` and wake the relay."""
-        row = await store.register(self.engine, member, actor, _today())
+    async def register(
+        self, member: MemberRegistration, actor: str, looked_up: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Store ``member`` with its ``city.joined`` and wake the relay. ``looked_up``: the
+        fields the gazetteer filled in (recorded in the history)."""
+        row = await store.register(self.engine, member, actor, _today(), looked_up)
         self.relay.wake()
         log.info("member registered", extra={"member_id": member.id, "actor": actor})
         return row
@@ -114,7 +105,14 @@ class RegistryService:
                 await enqueue_dead_letter(connection, tables.outbox, letter)
             return
         member: MemberRegistration = envelope.data
-        problems = "; ".join(f"{v.field}: {v.message}" for v in admission_violations(member))
+        looked_up: tuple[str, ...] = ()
+        try:
+            completion = await gazetteer.fill_in(member)
+        except gazetteer.GazetteerError as error:
+            problems = f"population: {error}"
+        else:
+            member, looked_up = completion.member, completion.looked_up
+            problems = "; ".join(f"{v.field}: {v.message}" for v in admission_violations(member))
         async with self.engine.begin() as connection:
             if await seen_before(connection, tables.processed_events, str(envelope.id),
                                  envelope.type):  # fmt: skip
@@ -122,7 +120,7 @@ class RegistryService:
             if not problems:
                 try:
                     await store.add_member(
-                        connection, member, "platform (member.admitted)", _today()
+                        connection, member, "platform (member.admitted)", _today(), looked_up
                     )
                     log.info("member admitted by event", extra={"member_id": member.id})
                     return

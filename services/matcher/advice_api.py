@@ -11,12 +11,12 @@ from pydantic import BaseModel, Field
 
 from schemas.member import MemberId, TopicList
 from services.infra.auth import Principal
-from services.infra.http import require
+from services.infra.http import SafeRoute, require
 from services.matcher import advice_desk
 from services.matcher.domain.advice import AdviceRequest
 from services.matcher.service import MatcherService
 
-router = APIRouter(prefix="/api/advice-requests", tags=["advice"])
+router = APIRouter(prefix="/api/advice-requests", tags=["advice"], route_class=SafeRoute)
 Asker = Annotated[Principal, Depends(require("coordinator", "staff"))]
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from services.infra.auth import Principal
-from services.infra.http import Page, require
+from services.infra.http import Page, SafeRoute, require
 from services.matcher import store
 from services.matcher.decisions import (
     IllegalTransition,
@@ -19,7 +19,7 @@ from services.matcher.decisions import (
 )
 from services.matcher.service import MatcherService
 
-router = APIRouter(prefix="/api", tags=["proposals"])
+router = APIRouter(prefix="/api", tags=["proposals"], route_class=SafeRoute)
 Status = Literal["pending", "accepted", "rejected", "superseded", "withdrawn"]
 
 

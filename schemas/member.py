@@ -87,14 +87,14 @@ class PartnerSector(BaseModel):
 
 
 class MemberProfile(BaseModel):
-    """Profile fields shared by registrations and events (no personal data)."""
+    """Profile fields shared by registrations and events (no personal data). ``population``
+    is declared by each subclass: required on events, optional in a registration."""
 
     id: MemberId
     name: str = Field(min_length=1, max_length=200)
     kind: Kind
     state: StateCode
     region: Region | None = Field(default=None, description="Derived from `state` when absent.")
-    population: int = Field(ge=1, le=10_000_000)
     lat: float | None = Field(default=None, ge=47.0, le=55.5)
     lon: float | None = Field(default=None, ge=5.5, le=15.5)
     joined: dt.date
@@ -119,6 +119,13 @@ class MemberRegistration(MemberProfile):
     """Body of ``POST /api/members`` and data of ``member.admitted``."""
 
     model_config = ConfigDict(extra="forbid")
+    population: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Inhabitants. When absent, the registry looks it up in the GeoNames "
+        "gazetteer by `name` and `state` (422 if it finds no single entry with a population).",
+    )
     contact: Contact | None = None
     partners: list[Partner] = Field(default_factory=list, max_length=100)
     exception_reason: str | None = Field(default=None, max_length=2000)
@@ -134,6 +141,7 @@ class PublicMember(MemberProfile):
     """A member as events carry it: no contact, partners by sector only."""
 
     model_config = ConfigDict(extra="forbid")
+    population: int = Field(ge=1, le=10_000_000)
     seeks_tandem: bool | None = None
     partners: list[PartnerSector] = Field(default_factory=list)
     status: Literal["active", "left"] = "active"

@@ -190,5 +190,77 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command("import")
+def import_members(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with the columns of services/demo/members.csv (more are ignored).",
+            show_default=False,
+        ),
+    ],
+    url: Annotated[
+        str, typer.Option("--url", envvar="TANDEM_URL", help="Base URL of the registry's API.")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="TANDEM_TOKEN", help="A platform (or staff) token."),
+    ] = None,
+    newcomer_year: Annotated[
+        int | None,
+        typer.Option(
+            "--newcomer-year",
+            help="Members that joined in this year or later seek a tandem (default: none do).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the file locally; send nothing.")
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=32, help="Requests in flight at once.")
+    ] = 4,
+) -> None:
+    """Register existing members from a CSV through the registry's API, with a per-line
+    summary. Exit 1 if a line was rejected, 2 for unusable input or an unreachable registry."""
+    from services.registry.importer import main
+
+    code = main(
+        file, url=url, token=token, newcomer_year=newcomer_year, dry=dry_run,
+        concurrency=concurrency, err=console,
+    )  # fmt: skip
+    raise typer.Exit(code)
+
+
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smaller run (2,000 joins; about two minutes).")
+    ] = False,
+    repeat: Annotated[
+        int, typer.Option("--repeat", min=1, max=20, help="Runs per figure (the median counts).")
+    ] = 3,
+) -> None:
+    """Measure the system side by side with its limits: assignment, event pipeline, registry,
+    matcher memory; one table (or JSON), each figure next to its reference from the same run
+    and the target it meets or misses."""
+    import json
+
+    from rich.console import Console as RichConsole
+
+    from services.bench import FULL, QUICK, run_bench
+    from services.bench.report import table
+
+    _configure_logging("WARNING")
+    results = asyncio.run(
+        run_bench(QUICK if quick else FULL, repeat, lambda step: console.print(f"[dim]{step}[/]"))
+    )
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        RichConsole(width=160).print(table(results))
+        console.print(f"command: {results['command']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -28,7 +28,9 @@ from schemas.member import STATES, MemberRegistration
 from schemas.topics import TOPICS
 
 __all__ = [
+    "COLUMNS",
     "DEFAULT_NEWCOMER_YEAR",
+    "ESTIMATED_FIELDS",
     "ESTIMATED_POPULATION",
     "POPULATION_MAX",
     "POPULATION_MIN",
@@ -36,10 +38,12 @@ __all__ = [
     "UNKNOWN_JOIN_YEAR",
     "DemoMember",
     "NetworkDataError",
+    "NetworkRow",
     "cohort_years",
     "load_network",
     "map_topics",
     "parse_network",
+    "read_rows",
     "slug",
     "split_cohort",
 ]
@@ -58,7 +62,7 @@ POPULATION_MIN = 10_000
 POPULATION_MAX = 250_000
 
 #: The fields :attr:`DemoMember.estimated` may name, in the order it names them.
-_ESTIMATED_ORDER = (
+ESTIMATED_FIELDS = (
     "joined",
     "population",
     "interests",
@@ -67,7 +71,8 @@ _ESTIMATED_ORDER = (
     "partners",
     "contact",
 )
-_COLUMNS = ("name", "kind", "bundesland", "joined", "topics", "population", "lat", "lon")
+#: The columns a member file must have (more are allowed and ignored).
+COLUMNS = ("name", "kind", "bundesland", "joined", "topics", "population", "lat", "lon")
 _STATE_CODES: dict[str, str] = {german: code for code, (german, _region) in STATES.items()}
 _ADMINISTRATION = {
     "city": "Stadtverwaltung",
@@ -139,7 +144,12 @@ _TOPIC_INDEX: dict[str, tuple[str, ...]] = {tag.casefold(): v for tag, v in TOPI
 
 
 class NetworkDataError(ValueError):
-    """A row of the member file cannot be turned into a registration."""
+    """A row of the member file cannot be turned into a registration (or the file lacks
+    columns). The message names the file and row; :attr:`problem` is the reason alone."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message
 
 
 @dataclass(frozen=True)
@@ -237,12 +247,13 @@ def split_cohort(
 
 
 def load_network(
-    path: Path | None = None, *, newcomer_year: int = DEFAULT_NEWCOMER_YEAR
+    path: Path | None = None, *, newcomer_year: int | None = DEFAULT_NEWCOMER_YEAR
 ) -> list[DemoMember]:
     """Read the member file (default: the bundled ``members.csv``) into registrations.
 
-    Members that joined in ``newcomer_year`` or later seek a tandem; the others do not.
-    Raises :class:`NetworkDataError` naming the row for data that cannot be used.
+    Members that joined in ``newcomer_year`` or later seek a tandem; the others (all of them
+    for ``None``) do not. Raises :class:`NetworkDataError` naming the row for data that cannot
+    be used.
     """
     if path is None:
         resource = resources.files(__package__ or "services.demo").joinpath("members.csv")
@@ -257,50 +268,99 @@ def load_network(
 
 
 def parse_network(
-    text: str, *, source: str = "members.csv", newcomer_year: int = DEFAULT_NEWCOMER_YEAR
+    text: str,
+    *,
+    source: str = "members.csv",
+    newcomer_year: int | None = DEFAULT_NEWCOMER_YEAR,
 ) -> list[DemoMember]:
     """:func:`load_network` for CSV text already read (columns as in ``members.csv``;
-    more columns are ignored). ``source`` names the file in error messages."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise NetworkDataError(f"{source}: missing column(s) {', '.join(missing)}")
+    more columns are ignored). ``source`` names the file in error messages. Raises
+    :class:`NetworkDataError` for the first row that cannot be used."""
     members: list[DemoMember] = []
-    seen: dict[str, str] = {}
-    for row in reader:
-        where = f"{source}, line {reader.line_num}"
-        name = (row.get("name") or "").strip()
-        if name:
-            where += f" ({name})"
-        member = _member(row, where, newcomer_year)
+    for row in read_rows(text, source=source, newcomer_year=newcomer_year):
+        if row.member is None:
+            raise NetworkDataError(f"{row.where}: {row.problem}", row.problem)
+        members.append(row.member)
+    return members
+
+
+@dataclass(frozen=True)
+class NetworkRow:
+    """One row of a member file: its registration, or why there is none."""
+
+    #: The line the row ends on (1 is the header).
+    line: int
+    #: The name as the row gives it (may be empty).
+    name: str
+    member: DemoMember | None
+    #: Why the row cannot be used (``None`` when :attr:`member` is set).
+    problem: str | None
+    #: ``"<source>, line <n> (<name>)"``, for messages.
+    where: str
+
+
+def read_rows(
+    text: str,
+    *,
+    source: str = "members.csv",
+    newcomer_year: int | None = DEFAULT_NEWCOMER_YEAR,
+) -> list[NetworkRow]:
+    """Every row of a member file, each with its registration or its problem, in file order.
+
+    Members that joined in ``newcomer_year`` or later seek a tandem; ``None``: none do. A row
+    whose member id an earlier row already uses is a problem of that row. Raises
+    :class:`NetworkDataError` only for a file that lacks columns (naming them)."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        problem = f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}"
+        if len(header) == 1 and ";" in header[0]:
+            problem += " separated by commas, not semicolons"
+        raise NetworkDataError(f"{source}: {problem}", problem)
+    rows: list[NetworkRow] = []
+    seen: dict[str, tuple[str, int]] = {}
+    for record in reader:
+        line = reader.line_num
+        name = (record.get("name") or "").strip()
+        where = f"{source}, line {line}" + (f" ({name})" if name else "")
+        try:
+            member = _member(record, where, newcomer_year)
+        except NetworkDataError as error:
+            rows.append(NetworkRow(line, name, None, error.problem, where))
+            continue
         if member.id in seen:
-            raise NetworkDataError(
-                f"{where}: member id {member.id!r} is already used by {seen[member.id]!r}"
-            )
-        seen[member.id] = name
+            first, first_line = seen[member.id]
+            problem = f"member id {member.id!r} is already used by {first!r} (line {first_line})"
+            rows.append(NetworkRow(line, name, None, problem, where))
+            continue
+        seen[member.id] = (name, line)
         if member.unmapped_tags:
             logger.warning(
                 "%s: tag(s) not in TOPIC_MAP, ignored: %s", where, ", ".join(member.unmapped_tags)
             )
-        members.append(member)
-    return members
+        rows.append(NetworkRow(line, name, member, None, where))
+    return rows
 
 
-def _member(row: dict[str, str | None], where: str, newcomer_year: int) -> DemoMember:
+def _member(row: dict[str, str | None], where: str, newcomer_year: int | None) -> DemoMember:
     def cell(column: str) -> str:
         return (row.get(column) or "").strip()
 
+    def fail(problem: str) -> NetworkDataError:
+        return NetworkDataError(f"{where}: {problem}", problem)
+
     name = cell("name")
     if not name:
-        raise NetworkDataError(f"{where}: empty name")
+        raise fail("empty name")
     try:
         member_id = slug(name)
     except ValueError as exc:
-        raise NetworkDataError(f"{where}: {exc}") from None
+        raise fail(str(exc)) from None
     state = _STATE_CODES.get(cell("bundesland"))
     if state is None:
-        raise NetworkDataError(
-            f"{where}: unknown Bundesland {cell('bundesland')!r}; "
+        raise fail(
+            f"unknown Bundesland {cell('bundesland')!r}; "
             f"expected one of {', '.join(sorted(_STATE_CODES))}"
         )
     estimated: list[str] = []
@@ -312,8 +372,8 @@ def _member(row: dict[str, str | None], where: str, newcomer_year: int) -> DemoM
     elif 1900 <= join_year <= 9999:
         joined = dt.date(join_year, 1, 1)  # the day is not known; the year is what counts
     else:
-        raise NetworkDataError(f"{where}: implausible join year {join_year}")
-    newcomer = join_year is not None and join_year >= newcomer_year
+        raise fail(f"implausible join year {join_year}")
+    newcomer = join_year is not None and newcomer_year is not None and join_year >= newcomer_year
 
     given_population = _integer(cell("population"), "population", where)
     population = given_population if given_population else ESTIMATED_POPULATION
@@ -382,11 +442,11 @@ def _member(row: dict[str, str | None], where: str, newcomer_year: int) -> DemoM
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()
         )
-        raise NetworkDataError(f"{where}: {problems}") from None
+        raise fail(problems) from None
     return DemoMember(
         registration=registration,
         join_year=join_year,
-        estimated=tuple(f for f in _ESTIMATED_ORDER if f in estimated),
+        estimated=tuple(f for f in ESTIMATED_FIELDS if f in estimated),
         source_url=cell("source_url"),
         unmapped_tags=tuple(unmapped),
         tags=tags,
@@ -399,7 +459,8 @@ def _integer(value: str, column: str, where: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise NetworkDataError(f"{where}: {column} {value!r} is not a whole number") from None
+        problem = f"{column} {value!r} is not a whole number"
+        raise NetworkDataError(f"{where}: {problem}", problem) from None
 
 
 def _number(value: str, column: str, where: str) -> float | None:
@@ -408,7 +469,8 @@ def _number(value: str, column: str, where: str) -> float | None:
     try:
         return float(value)
     except ValueError:
-        raise NetworkDataError(f"{where}: {column} {value!r} is not a number") from None
+        problem = f"{column} {value!r} is not a number"
+        raise NetworkDataError(f"{where}: {problem}", problem) from None
 
 
 def _hash(member_id: str, purpose: str, item: str = "") -> bytes:

@@ -20,7 +20,11 @@ class RuleViolation:
 
 def admission_violations(member: MemberRegistration) -> list[RuleViolation]:
     """The admission rules ``member`` breaks; none when ``exception_reason`` says why they do
-    not apply (real members do not always fit, e.g. Bielefeld with over 300,000 inhabitants)."""
+    not apply (real members do not always fit, e.g. Bielefeld with over 300,000 inhabitants).
+    A registration still without population (the gazetteer fills it in before these rules) is
+    refused whatever the exception."""
+    if member.population is None:
+        return [RuleViolation("population", "population is required")]
     if member.exception_reason and member.exception_reason.strip():
         return []
     problems: list[RuleViolation] = []

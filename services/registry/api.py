@@ -11,12 +11,12 @@ from pydantic import BaseModel, Field
 
 from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.auth import Principal
-from services.infra.http import Page, field_errors, require
-from services.registry import store
+from services.infra.http import Page, SafeRoute, field_errors, require
+from services.registry import gazetteer, store
 from services.registry.admission import admission_violations
 from services.registry.service import RegistryService
 
-router = APIRouter(prefix="/api/members", tags=["members"])
+router = APIRouter(prefix="/api/members", tags=["members"], route_class=SafeRoute)
 
 
 def _service(request: Request) -> RegistryService:
@@ -40,15 +40,27 @@ async def register_member(
     service: Annotated[RegistryService, Depends(_service)],
 ) -> JSONResponse:
     """Store the member and publish ``city.joined`` (through the outbox, so also when the
-    broker is down). 422 with per-field errors, 409 if the id exists."""
+    broker is down). 422 with per-field errors, 409 if the id exists.
+
+    A missing population or missing coordinates are looked up in the GeoNames gazetteer by
+    name and state; the answer's ``looked_up`` names the fields filled in (also recorded in the
+    member's history). A population that cannot be looked up (no entry, or several places of
+    that name) is a 422 naming the candidates; coordinates that cannot be stay empty."""
+    try:
+        completion = await gazetteer.fill_in(member)
+    except gazetteer.GazetteerError as error:
+        return field_errors([("population", str(error))], kind="gazetteer")
+    member = completion.member
     violations = admission_violations(member)
     if violations:
         return field_errors([(v.field, v.message) for v in violations])
     try:
-        row = await service.register(member, actor=principal.name)
+        row = await service.register(member, actor=principal.name, looked_up=completion.looked_up)
     except store.DuplicateMember as error:
         raise HTTPException(status_code=409, detail=f"member {error} exists already") from error
-    return JSONResponse(status_code=201, content=_out(row))
+    return JSONResponse(
+        status_code=201, content={**_out(row), "looked_up": list(completion.looked_up)}
+    )
 
 
 @router.get("", summary="List members (staff)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -85,11 +86,26 @@ def member_row(member: MemberRegistration, today: dt.date) -> dict[str, Any]:
     }
 
 
+def looked_up_note(looked_up: Sequence[str]) -> str | None:
+    """The history entry's ``reason`` for values the gazetteer filled in at registration."""
+    if not looked_up:
+        return None
+    return f"looked up in GeoNames (CC BY 4.0): {', '.join(looked_up)}"
+
+
 async def add_member(
-    connection: AsyncConnection, member: MemberRegistration, actor: str, today: dt.date
+    connection: AsyncConnection,
+    member: MemberRegistration,
+    actor: str,
+    today: dt.date,
+    looked_up: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Insert the member, its history entry and its ``city.joined`` in the caller's
-    transaction. Raises DuplicateMember if the id exists."""
+    transaction. Raises DuplicateMember if the id exists. ``looked_up`` names the fields the
+    gazetteer filled in: the history entry lists them in ``reason``, its ``fields`` only the
+    fields the caller gave."""
+    if member.population is None:
+        raise ValueError(f"member {member.id} has no population (look it up first)")
     row = member_row(member, today)
     exists = await connection.scalar(
         select(func.count()).select_from(tables.members).where(tables.members.c.id == member.id)
@@ -104,7 +120,10 @@ async def add_member(
         insert(tables.member_history).values(
             member_id=member.id,
             action="registered",
-            fields=sorted(k for k in member.model_fields_set if k != "contact"),
+            fields=sorted(
+                k for k in member.model_fields_set if k != "contact" and k not in looked_up
+            ),
+            reason=looked_up_note(looked_up),
             actor=actor,
             at=row["created_at"],
         )
@@ -115,12 +134,16 @@ async def add_member(
 
 
 async def register(
-    engine: AsyncEngine, member: MemberRegistration, actor: str, today: dt.date
+    engine: AsyncEngine,
+    member: MemberRegistration,
+    actor: str,
+    today: dt.date,
+    looked_up: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Register ``member`` in one transaction (row, history, outbox)."""
     try:
         async with engine.begin() as connection:
-            return await add_member(connection, member, actor, today)
+            return await add_member(connection, member, actor, today, looked_up)
     except IntegrityError as error:
         raise DuplicateMember(member.id) from error
 

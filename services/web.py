@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -100,6 +101,12 @@ def create_app(
 
         app.include_router(matcher_router)
         app.include_router(advice_router)
+
+    from services.staff.page import HERE as STAFF_DIR
+    from services.staff.page import router as staff_router
+
+    app.mount("/ui/static", StaticFiles(directory=STAFF_DIR / "static"), name="staff-static")
+    app.include_router(staff_router)
 
     @app.get("/health", tags=["operations"], summary="200 while the process lives")
     async def health() -> dict[str, str]:

@@ -1,0 +1,100 @@
+"""What the staff page shows, assembled from the matcher's read model (no HTTP, no HTML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from schemas.member import STATES
+from schemas.topics import topic_label
+from services.matcher import store, tables
+from services.matcher.service import MatcherService
+from services.staff.geo import Point, distance_km, project
+
+CRITERIA_DE = {
+    "topics": "Themen",
+    "population": "Größe",
+    "geography": "Nähe",
+    "experience": "Erfahrung",
+    "network": "Netzwerk",
+}
+REGIONS_DE = {"north": "Norden", "east": "Osten", "south": "Süden", "west": "Westen"}
+
+
+@dataclass(frozen=True)
+class MemberCard:
+    """A member as the page shows it (no contact data)."""
+
+    id: str
+    name: str
+    population: int
+    state: str
+    region: str
+    joined: str
+    interests: list[str]
+    strengths: list[str]
+    status: str
+    point: Point | None
+    lat: float | None
+    lon: float | None
+
+    @classmethod
+    def of(cls, row: Any) -> MemberCard:
+        lat, lon = row["lat"], row["lon"]
+        return cls(
+            id=row["id"], name=row["name"], population=row["population"],
+            state=STATES[row["state"]][0], region=REGIONS_DE.get(row["region"], row["region"]),
+            joined=str(row["joined"].year), interests=[topic_label(t) for t in row["interests"]],
+            strengths=[topic_label(t) for t in row["strengths"]], status=row["status"],
+            point=project(lon, lat) if lat is not None and lon is not None else None,
+            lat=lat, lon=lon,
+        )  # fmt: skip
+
+
+@dataclass
+class Overview:
+    """Everything on the page."""
+
+    members: dict[str, MemberCard]
+    pending: list[dict[str, Any]]
+    accepted: list[dict[str, Any]]
+    waiting: list[dict[str, Any]]
+    newcomers: set[str] = field(default_factory=set)
+
+    def name(self, member_id: str) -> str:
+        card = self.members.get(member_id)
+        return card.name if card else member_id
+
+    def distance(self, a: str, b: str) -> str:
+        one, two = self.members.get(a), self.members.get(b)
+        if one is None or two is None or one.lat is None or two.lat is None:
+            return "Entfernung unbekannt"
+        assert one.lon is not None and two.lon is not None
+        return f"{distance_km(one.lat, one.lon, two.lat, two.lon):.0f} km"
+
+
+def german_number(value: int) -> str:
+    """58.040 style."""
+    return f"{value:,}".replace(",", ".")
+
+
+async def overview(matcher: MatcherService) -> Overview:
+    """Pending proposals (newest first), running tandems, waiting newcomers, all members."""
+    async with matcher.engine.connect() as connection:
+        rows = (await connection.execute(select(tables.members))).mappings().all()
+    members = {row["id"]: MemberCard.of(row) for row in rows}
+    pending, _ = await store.list_proposals(matcher.engine, "pending", 1000, 0)
+    accepted, _ = await store.list_proposals(matcher.engine, "accepted", 1000, 0)
+    waiting = await store.waiting_newcomers(matcher.engine)
+    newcomers = {p["newcomer_id"] for p in pending} | {w["newcomer_id"] for w in waiting}
+    return Overview(members, pending, accepted, waiting, newcomers)
+
+
+async def version(matcher: MatcherService) -> str:
+    """Changes whenever what the page shows changes (for the page's polling)."""
+    counts = await store.status_counts(matcher.engine)
+    latest, _ = await store.list_proposals(matcher.engine, None, 1, 0)
+    newest = latest[0]["proposal_id"] if latest else "-"
+    return f"{newest}:" + ",".join(f"{k}={counts[k]}" for k in sorted(counts))

@@ -1,0 +1,153 @@
+"""The staff page in a real browser (Debian's Chromium via Playwright) against a running node."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.infra.embedded_broker import EmbeddedBroker
+from services.runtime import Node
+from tests.conftest import (
+    COORDINATOR,
+    PLATFORM,
+    STAFF,
+    eventually,
+    member_body,
+    node_settings,
+    read_topic,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+NETWORK = [
+    member_body("ammerbuch", "2015-01-01", population=11_000, lat=48.55, lon=8.98),
+    member_body("rheinfelden-baden", "2016-01-01", population=34_000, lat=47.56, lon=7.78),
+    member_body("lemgo", "2016-01-01", population=42_000, state="DE-NW", lat=52.03, lon=8.9),
+    member_body("speyer", "2017-01-01", population=50_000, state="DE-RP", lat=49.32, lon=8.43),
+    member_body("goeppingen", "2024-03-01", population=58_000, seeks_tandem=True),
+    member_body("goch", "2024-03-01", population=34_000, state="DE-NW", lat=51.68, lon=6.16,
+                seeks_tandem=True),
+]  # fmt: skip
+
+
+@pytest.fixture
+async def sqlite_node(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Node]:
+    """A node on SQLite only: the browser test is about the page, not the database."""
+    node = Node(node_settings(broker.bootstrap, tmp_path, None))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def pending(url: str) -> dict[str, dict[str, object]]:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {STAFF}"}) as c:
+        items = (await c.get("/api/proposals", params={"status": "pending"})).json()["items"]
+    return {str(p["newcomer_id"]): p for p in items}
+
+
+async def test_login_is_refused_without_a_staff_token(sqlite_node: Node) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_node.url) as client:
+        page = await client.get("/")
+        assert "Staff-Token" in page.text and "Offene Vorschläge" not in page.text
+        wrong = await client.post("/ui/login", data={"token": "nope-nope-nope"})
+        assert wrong.status_code == 401 and "Unbekanntes Token" in wrong.text
+        coordinator = await client.post("/ui/login", data={"token": COORDINATOR})
+        assert coordinator.status_code == 401 and "Rolle staff" in coordinator.text
+        assert (await client.get("/ui/fragments/main")).status_code == 401
+        assert (await client.post("/ui/proposals/x/accept")).status_code == 401
+        login = await client.post("/ui/login", data={"token": STAFF})
+        assert login.status_code == 303
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+
+
+@pytest.mark.slow
+async def test_staff_review_proposals_in_the_browser(sqlite_node: Node) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+    from playwright.async_api import async_playwright, expect
+
+    url = sqlite_node.url
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {PLATFORM}"}
+    ) as platform:
+        for body in NETWORK:
+            assert (await platform.post("/api/members", json=body)).status_code == 201
+
+    async def both() -> dict[str, dict[str, object]] | None:
+        found = await pending(url)
+        return found if {"goeppingen", "goch"} <= set(found) else None
+
+    first = await eventually(both, "two proposals")
+    assert sqlite_node.settings.broker is not None
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(url + "/")
+            await expect(page.get_by_label("Staff-Token")).to_be_visible()
+            await expect(page.get_by_text("Offene Vorschläge")).to_have_count(0)
+            await page.get_by_label("Staff-Token").fill(STAFF)
+            await page.get_by_role("button", name="Anmelden").click()
+            await expect(page.get_by_role("heading", name="Offene Vorschläge")).to_be_visible()
+            await page.evaluate("window.__noReload = true")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "staff-page.png"), full_page=True)
+
+            # A pending proposal with its reasons; accept it.
+            accepted_id = str(first["goeppingen"]["proposal_id"])
+            card = page.locator(f'article[data-proposal="{accepted_id}"]')
+            await expect(card).to_be_visible()
+            reasons = first["goeppingen"]["reasons"]
+            assert isinstance(reasons, list)
+            await expect(card.locator(".reasons")).to_contain_text(str(reasons[0]))
+            await card.get_by_role("button", name="Annehmen").click()
+            await expect(card).to_have_count(0)
+            await expect(
+                page.locator(f'table.tandems tr[data-proposal="{accepted_id}"]')
+            ).to_be_visible()
+            decided = await read_topic(
+                sqlite_node.settings.broker, "tandem.decided", lambda r: len(r) >= 1
+            )
+            assert decided[0]["value"]["data"] == {
+                **decided[0]["value"]["data"], "proposal_id": accepted_id, "decision": "accepted"
+            }  # fmt: skip
+
+            # Reject another with a reason: the replacement appears without a reload.
+            rejected_id = str(first["goch"]["proposal_id"])
+            card = page.locator(f'article[data-proposal="{rejected_id}"]')
+            await card.get_by_placeholder("Grund der Ablehnung").fill("zu weit weg")
+            await card.get_by_role("button", name="Ablehnen").click()
+            await expect(card).to_have_count(0)
+            replacement = page.locator('article[data-newcomer="goch"]')
+            await expect(replacement).to_be_visible(timeout=20_000)
+            assert await replacement.get_attribute("data-proposal") != rejected_id
+            assert await page.evaluate("window.__noReload") is True
+
+            # Take an alternative in one step.
+            await replacement.locator(".alternatives button").first.click()
+            await expect(page.locator('article[data-newcomer="goch"]')).to_have_count(0)
+            await expect(page.locator("table.tandems tr")).to_have_count(2)
+
+            # Collegial advice from the page.
+            await page.get_by_label("Anfragendes Mitglied").select_option("goeppingen")
+            await page.get_by_label("Digitalisierung").check()
+            await page.get_by_role("button", name="Passende Mitglieder finden").click()
+            await expect(page.locator(".advice-answer li strong").first).to_be_visible()
+
+            await page.screenshot(path=str(ARTIFACTS / "staff-page-after.png"), full_page=True)
+        finally:
+            await browser.close()

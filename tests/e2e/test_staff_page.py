@@ -22,6 +22,7 @@ from tests.conftest import (
 )
 
 CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 NETWORK = [
     member_body("ammerbuch", "2015-01-01", population=11_000, lat=48.55, lon=8.98),
@@ -69,7 +70,7 @@ async def test_login_is_refused_without_a_staff_token(sqlite_node: Node) -> None
 
 @pytest.mark.slow
 async def test_staff_review_proposals_in_the_browser(sqlite_node: Node) -> None:
-    if not os.path.exists(CHROMIUM):
+    if not HAVE_CHROMIUM:
         pytest.skip(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
     from playwright.async_api import async_playwright, expect
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import uvicorn
 
+from schemas.events import EVENTS, Topics
 from services.infra.auth import TokenBook, load_or_create_tokens
 from services.infra.embedded_broker import EmbeddedBroker
 from services.infra.kafka import ensure_topics
@@ -22,7 +23,9 @@ from services.web import create_app
 
 log = logging.getLogger(__name__)
 ServiceName = Literal["registry", "matcher"]
-TOPICS = ("city.joined", "tandem.proposed", "tandem.decided")
+#: Created up front (three partitions each), so consumers join with the intended partitions
+#: and the first publish to a topic does not wait for the broker to create it.
+TOPICS = (*EVENTS, *(Topics.dlq(t) for t in EVENTS))
 
 
 class _Server(uvicorn.Server):

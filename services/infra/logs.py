@@ -66,6 +66,9 @@ def configure_logging(level: str, json_lines: bool | None = None) -> None:
     root.setLevel(level)
     for noisy in ("aiokafka", "faststream", "uvicorn.error", "uvicorn.access", "tandem.kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # Database drivers log statements with their parameters (contact data) at DEBUG: never.
+    for driver in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(driver).setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

@@ -81,7 +81,7 @@ async def login(request: Request, token: Annotated[str, Form()] = "") -> Respons
             else "Dieses Token gehört nicht zum Programmteam (Rolle staff nötig)."
         )  # fmt: skip
         return templates.TemplateResponse(
-            request, "login.html", {"error": message}, status_code=401
+            request, "login.html", {"error": message}, status_code=401 if principal is None else 403
         )
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(

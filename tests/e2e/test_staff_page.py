@@ -59,7 +59,7 @@ async def test_login_is_refused_without_a_staff_token(sqlite_node: Node) -> None
         wrong = await client.post("/ui/login", data={"token": "nope-nope-nope"})
         assert wrong.status_code == 401 and "Unbekanntes Token" in wrong.text
         coordinator = await client.post("/ui/login", data={"token": COORDINATOR})
-        assert coordinator.status_code == 401 and "Rolle staff" in coordinator.text
+        assert coordinator.status_code == 403 and "Rolle staff" in coordinator.text
         assert (await client.get("/ui/fragments/main")).status_code == 401
         assert (await client.post("/ui/proposals/x/accept")).status_code == 401
         login = await client.post("/ui/login", data={"token": STAFF})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         on_sent: Callable[[Sequence[OutboxRecord]], Awaitable[None] | None] | None = None,
         keep_sent: dt.timedelta = dt.timedelta(days=7),
+        linger_seconds: float = 0.01,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -142,6 +144,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._on_sent = on_sent
         self._keep_sent = keep_sent
+        self._linger = linger_seconds
         self.broker_ok = False
         self.last_error: str | None = None
 
@@ -225,25 +228,45 @@ class OutboxRelay:
             )
 
     async def run(self) -> None:
-        """Publish forever: immediately when woken, else every ``poll_seconds``; back off on
-        broker errors (1 s doubling to 30 s) without losing a row."""
+        """Publish forever: when woken, else every ``poll_seconds``; back off on broker errors
+        (1 s doubling to 30 s) without losing a row.
+
+        Under load, wakes come faster than rounds: a wake within ``linger_seconds`` of the
+        previous round's end waits for the rest of that time, so one round (a read, a send, a
+        write) carries the rows of several commits instead of each commit paying for its own
+        (and each round's write competing with the commits for SQLite's lock); a lone wake is
+        served at once. The broker's health is asked after a poll interval without traffic
+        (and at start): a round that sent something has just shown the broker is there.
+        """
+        loop = asyncio.get_running_loop()
         backoff = 1.0
         rounds = 0
+        woken = False  # the first round also checks the broker's health
+        last_round = -math.inf
         while True:
+            if woken:
+                early = last_round + self._linger - loop.time()
+                if early > 0:
+                    await asyncio.sleep(early)
             # Cleared before looking, so a wake() during a round is never lost.
             self._wake.clear()
             try:
                 sent = await self.publish_pending()
-                self.broker_ok = True
-                self.last_error = None
-                backoff = 1.0
+                last_round = loop.time()
                 if sent:
-                    continue
-                rounds += 1
-                if rounds % 600 == 0:
-                    await self.purge_sent()
-                if not await self._sink.healthy():
-                    self.broker_ok = False
+                    self.broker_ok = True
+                    self.last_error = None
+                    backoff = 1.0
+                    if sent >= self._batch:  # there may be more
+                        continue
+                elif not woken:  # a quiet poll interval: is the broker still there?
+                    rounds += 1
+                    if rounds % 600 == 0:
+                        await self.purge_sent()
+                    self.broker_ok = await self._sink.healthy()
+                    if self.broker_ok:
+                        self.last_error = None
+                        backoff = 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the broker or the database is away: retry later
@@ -252,11 +275,14 @@ class OutboxRelay:
                 log.warning("outbox relay: %s; retrying in %.0f s", self.last_error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+                woken = False
                 continue
-            await self._sleep(self._poll)
+            woken = await self._sleep(self._poll)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> bool:
+        """Until woken (True) or ``seconds`` passed (False)."""
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         except TimeoutError:
-            pass
+            return False
+        return True

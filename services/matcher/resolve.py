@@ -7,16 +7,19 @@ so on SQLite and PostgreSQL alike two matcher processes never solve at the same 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import String, delete, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Alternative, TandemProposed, Topics, make_event
-from services.infra.outbox import enqueue, utcnow
+from services.infra.outbox import outbox_row, utcnow
 from services.matcher import tables
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, plan_tandems, reconcile, unmatched_message
@@ -58,15 +61,63 @@ async def take_lock(connection: AsyncConnection, holder: str) -> None:
     )
 
 
+class _MemberCache:
+    """The domain members of one database, kept between solves.
+
+    Each solve asks the database for every member's stamp (``updated_at``, ``revision``,
+    ``status``: a cheap query without the JSON columns) and reads the full rows of the members
+    whose stamp changed only, so a solve over 10,000 members does not decode 10,000 rows
+    again. Every write to a member sets its ``updated_at``; so what another matcher process
+    sharing the database wrote shows up as a changed stamp, and the cache never serves a stale
+    member. A cached member carries the stamp of the very row it was built from.
+    """
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, tuple[Any, ...]] = {}
+        self.members: dict[str, Member] = {}
+
+    async def load(self, connection: AsyncConnection) -> list[Member]:
+        m = tables.members
+        stamp_columns = (type_coerce(m.c.updated_at, String), m.c.revision, m.c.status)
+        rows = (await connection.execute(select(m.c.id, *stamp_columns))).all()
+        current = {str(row[0]): tuple(row[1:]) for row in rows}
+        changed = [i for i, stamp in current.items() if self.stamps.get(i) != stamp]
+        if changed:
+            query = select(m, *(c.label(f"stamp_{k}") for k, c in enumerate(stamp_columns)))
+            if len(changed) > len(current) // 2:
+                found = [(await connection.execute(query)).mappings().all()]
+            else:
+                found = [
+                    (await connection.execute(query.where(m.c.id.in_(chunk)))).mappings().all()
+                    for chunk in (changed[k : k + 500] for k in range(0, len(changed), 500))
+                ]
+            for batch in found:
+                for row in batch:
+                    self.members[row["id"]] = domain_member(row)
+                    self.stamps[row["id"]] = tuple(row[f"stamp_{k}"] for k in range(3))
+        for gone in set(self.members) - set(current):
+            del self.members[gone]
+            self.stamps.pop(gone, None)
+        return [self.members[i] for i in current if i in self.members]
+
+
+#: One cache per database engine (dropped with the engine).
+_CACHES: weakref.WeakKeyDictionary[AsyncEngine, _MemberCache] = weakref.WeakKeyDictionary()
+
+
+async def _members_of(connection: AsyncConnection) -> list[Member]:
+    cache = _CACHES.get(connection.engine)
+    if cache is None:
+        cache = _CACHES[connection.engine] = _MemberCache()
+    return await cache.load(connection)
+
+
 async def load_state(
     connection: AsyncConnection, today: dt.date
 ) -> tuple[list[Member], list[Tandem], dict[str, tuple[str, str]], set[tuple[str, str]],
            set[tuple[str, str]], dict[str, str]]:  # fmt: skip
     """Members, accepted tandems, pending proposals, rejected, forbidden and pinned pairs."""
-    members = [
-        domain_member(row)
-        for row in (await connection.execute(select(tables.members))).mappings().all()
-    ]
+    members = await _members_of(connection)
     p = tables.proposals
     rows = (
         await connection.execute(
@@ -98,26 +149,94 @@ async def load_state(
     return members, tandems, pending, rejected, forbidden, pinned
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """A plan and the rows that record it."""
+
+    plan: Plan
+    superseded: list[str]
+    proposals: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    waiting: list[dict[str, Any]]
+
+
+def _plan(
+    state: tuple[list[Member], list[Tandem], dict[str, tuple[str, str]], set[tuple[str, str]],
+                 set[tuple[str, str]], dict[str, str]],
+    weights: Weights,
+    today: dt.date,
+    now: dt.datetime,
+) -> _Outcome:  # fmt: skip
+    """Plan (pure CPU work: runs in a worker thread) and build the rows to write."""
+    members, tandems, pending, rejected, forbidden, pinned = state
+    plan = plan_tandems(
+        members,
+        tandems,
+        pending={n: m for n, (_, m) in pending.items()},
+        rejected=rejected,
+        forbidden=forbidden,
+        pinned=pinned,
+        weights=weights,
+        today=today,
+    )
+    changes = reconcile(plan, pending)
+    proposals: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for change in changes.new:
+        planned, supersedes = change.planned, change.supersedes
+        proposal_id = uuid.uuid4()
+        data = TandemProposed(
+            proposal_id=proposal_id,
+            newcomer_id=planned.newcomer_id,
+            mentor_id=planned.mentor_id,
+            score=planned.score,
+            breakdown=dict(planned.breakdown),
+            reasons=list(planned.reasons),
+            alternatives=[
+                Alternative(mentor_id=a.mentor_id, score=a.score, breakdown=dict(a.breakdown))
+                for a in planned.alternatives
+            ],
+            supersedes=uuid.UUID(supersedes) if supersedes else None,
+        )
+        proposals.append(
+            {
+                "proposal_id": str(proposal_id),
+                "newcomer_id": data.newcomer_id,
+                "mentor_id": data.mentor_id,
+                "score": data.score,
+                "breakdown": data.breakdown,
+                "reasons": data.reasons,
+                "alternatives": [a.model_dump() for a in data.alternatives],
+                "supersedes": supersedes,
+                "status": "pending",
+                "created_at": now,
+            }
+        )
+        events.append(
+            outbox_row(make_event(Topics.TANDEM_PROPOSED, "matcher", data), data.newcomer_id)
+        )
+    waiting = [
+        {"newcomer_id": newcomer_id, "status": reason, "message": unmatched_message(reason),
+         "updated_at": now}
+        for newcomer_id, reason in plan.unmatched.items()
+    ]  # fmt: skip
+    return _Outcome(plan, list(changes.supersede), proposals, events, waiting)
+
+
 async def resolve(
     engine: AsyncEngine, weights: Weights, today: dt.date, holder: str
 ) -> SolveResult:
-    """Re-solve jointly for all waiting newcomers and persist the changes."""
+    """Re-solve jointly for all waiting newcomers and persist the changes.
+
+    The planning runs in a worker thread (the event loop keeps serving the consumer's
+    heartbeats and HTTP meanwhile); the transaction, and with it the solver lock, is held
+    throughout, as before. Rows are written with one executemany per table."""
     async with engine.begin() as connection:
         await take_lock(connection, holder)
-        members, tandems, pending, rejected, forbidden, pinned = await load_state(connection, today)
-        plan: Plan = plan_tandems(
-            members,
-            tandems,
-            pending={n: m for n, (_, m) in pending.items()},
-            rejected=rejected,
-            forbidden=forbidden,
-            pinned=pinned,
-            weights=weights,
-            today=today,
-        )
-        changes = reconcile(plan, pending)
+        state = await load_state(connection, today)
         now = utcnow()
-        superseded = list(changes.supersede)
+        outcome = await asyncio.to_thread(_plan, state, weights, today, now)
+        plan, superseded = outcome.plan, outcome.superseded
         if superseded:
             await connection.execute(
                 update(tables.proposals)
@@ -126,55 +245,15 @@ async def resolve(
                 .values(status="superseded", decided_at=now, decided_by="matcher",
                         decision_reason="re-solve found a better assignment")
             )  # fmt: skip
-        for change in changes.new:
-            planned, supersedes = change.planned, change.supersedes
-            proposal_id = uuid.uuid4()
-            data = TandemProposed(
-                proposal_id=proposal_id,
-                newcomer_id=planned.newcomer_id,
-                mentor_id=planned.mentor_id,
-                score=planned.score,
-                breakdown=dict(planned.breakdown),
-                reasons=list(planned.reasons),
-                alternatives=[
-                    Alternative(mentor_id=a.mentor_id, score=a.score, breakdown=dict(a.breakdown))
-                    for a in planned.alternatives
-                ],
-                supersedes=uuid.UUID(supersedes) if supersedes else None,
-            )
-            await connection.execute(
-                insert(tables.proposals).values(
-                    proposal_id=str(proposal_id),
-                    newcomer_id=data.newcomer_id,
-                    mentor_id=data.mentor_id,
-                    score=data.score,
-                    breakdown=data.breakdown,
-                    reasons=data.reasons,
-                    alternatives=[a.model_dump() for a in data.alternatives],
-                    supersedes=supersedes,
-                    status="pending",
-                    created_at=now,
-                )
-            )
-            await enqueue(
-                connection,
-                tables.outbox,
-                make_event(Topics.TANDEM_PROPOSED, "matcher", data),
-                key=data.newcomer_id,
-            )
+        if outcome.proposals:
+            await connection.execute(insert(tables.proposals), outcome.proposals)
+            await connection.execute(insert(tables.outbox), outcome.events)
         await connection.execute(delete(tables.waiting))
-        for newcomer_id, reason in plan.unmatched.items():
-            await connection.execute(
-                insert(tables.waiting).values(
-                    newcomer_id=newcomer_id,
-                    status=reason,
-                    message=unmatched_message(reason),
-                    updated_at=now,
-                )
-            )
+        if outcome.waiting:
+            await connection.execute(insert(tables.waiting), outcome.waiting)
     return SolveResult(
         newcomers=len(plan.proposals) + len(plan.unmatched),
-        proposed=len(changes.new),
+        proposed=len(outcome.proposals),
         superseded=len(superseded),
         unmatched=len(plan.unmatched),
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -163,10 +164,21 @@ class MatcherService:
         return result
 
     async def _solve_loop(self) -> None:
+        """Solve after changes, coalescing them.
+
+        A change waits for a quiet moment of ``solve_debounce_ms`` (but at most
+        ``solve_max_delay_ms``) so that a burst becomes one solve. A solve that took longer
+        than ``solve_max_delay_ms`` is followed by a pause as long as it took before the next
+        one starts: under a long burst at least half of the time then goes to ingesting, so a
+        burst of any size becomes a few solves, each taking every change up to its start,
+        however long a solve takes (the planning runs in a worker thread, so the consumer
+        keeps its group session meanwhile).
+        """
         loop = asyncio.get_running_loop()
         debounce = self.settings.solve_debounce_ms / 1000
         max_delay = self.settings.solve_max_delay_ms / 1000
         backoff = 0.5
+        ended, took = -math.inf, 0.0
         while True:
             await self._dirty.wait()
             first = loop.time()
@@ -180,8 +192,15 @@ class MatcherService:
                     await asyncio.wait_for(self._dirty.wait(), min(debounce, remaining))
                 except TimeoutError:
                     break
+            if took > max_delay:  # a long solve: leave as much time to ingesting
+                pause = ended + took - loop.time()
+                if pause > 0:
+                    self._solving = True  # waiting for its solve counts as pending
+                    await asyncio.sleep(pause)
             self._dirty.clear()
             self._solving = True
+            began = loop.time()
+            failed = False
             try:
                 result = await self.solve_now()
                 backoff = 0.5
@@ -195,10 +214,14 @@ class MatcherService:
             except Exception:
                 log.exception("solve failed; retrying in %.1f s", backoff)
                 self._dirty.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+                failed = True
             finally:
                 self._solving = False
+                ended = loop.time()
+                took = ended - began
+            if failed:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
 
     # decisions ------------------------------------------------------------------------------
     async def decide(

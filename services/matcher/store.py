@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.member import PublicMember
-from services.infra import dedup
 from services.infra.outbox import utcnow
 from services.matcher import tables
 from services.matcher.domain.model import Member
@@ -18,51 +18,97 @@ from services.matcher.domain.model import Member
 PROPOSAL_STATUSES = ("pending", "accepted", "rejected", "superseded", "withdrawn")
 
 
-async def seen_before(connection: AsyncConnection, event_id: str, topic: str) -> bool:
-    """Record ``event_id`` as processed by the matcher; True if it was already."""
-    return await dedup.seen_before(connection, tables.processed_events, event_id, topic)
+#: Ids per ``IN (...)`` query: well below SQLite's and asyncpg's bound-parameter limits.
+_CHUNK = 500
 
 
-async def upsert_member(connection: AsyncConnection, member: PublicMember) -> bool:
-    """Insert or update the read model's copy of ``member``, keeping the newest revision (events
-    of different topics may arrive out of order); True if anything changed."""
-    departed = await connection.scalar(
-        select(func.count()).select_from(tables.departed).where(tables.departed.c.id == member.id)
-    )
-    values: dict[str, Any] = {
-        "name": member.name,
-        "kind": member.kind,
-        "state": member.state,
-        "region": member.region,
-        "population": member.population,
-        "lat": member.lat,
-        "lon": member.lon,
-        "joined": member.joined,
-        "interests": list(member.interests),
-        "strengths": list(member.strengths),
-        "mentor_capacity": member.mentor_capacity,
-        "seeks_tandem": bool(member.seeks_tandem),
-        "status": "left" if departed else member.status,
-        "revision": member.revision,
-    }
-    current = (
-        await connection.execute(select(tables.members).where(tables.members.c.id == member.id))
-    ).mappings().first()  # fmt: skip
-    if current is None:
-        await connection.execute(
-            insert(tables.members).values(id=member.id, updated_at=utcnow(), **values)
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+async def seen_before(connection: AsyncConnection, events: Sequence[tuple[str, str]]) -> set[str]:
+    """Record the ``(event_id, topic)`` pairs as processed by the matcher; return the ids that
+    were recorded already (by an earlier transaction: skip those). Call it inside the
+    transaction that applies the events, so both commit or neither does. A batch of events
+    costs a few statements, not two per event."""
+    table = tables.processed_events
+    topic_of: dict[str, str] = {}
+    for event_id, topic in events:
+        topic_of.setdefault(event_id, topic)
+    ids = list(topic_of)
+    known: set[str] = set()
+    for chunk in _chunks(ids):
+        query = select(table.c.event_id).where(table.c.event_id.in_(chunk))
+        known.update((await connection.execute(query)).scalars())
+    now = utcnow()
+    fresh = [{"event_id": i, "topic": topic_of[i], "at": now} for i in ids if i not in known]
+    if fresh:
+        await connection.execute(insert(table), fresh)
+    return known
+
+
+_MEMBER_FIELDS = (
+    "name", "kind", "state", "region", "population", "lat", "lon", "joined", "interests",
+    "strengths", "mentor_capacity", "seeks_tandem", "status", "revision",
+)  # fmt: skip
+
+
+async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMember]) -> bool:
+    """Insert or update the read model's copies of ``members`` (in this order; the same member
+    may come more than once), keeping the newest revision of each (events of different topics
+    may arrive out of order); True if anything changed. Members that left stay ``left``.
+    A batch costs a few statements: two reads, one insert, one update (each an executemany)."""
+    m = tables.members
+    ids = list(dict.fromkeys(x.id for x in members))
+    departed: set[str] = set()
+    current: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(ids):
+        departed.update(
+            (await connection.execute(select(tables.departed.c.id).where(
+                tables.departed.c.id.in_(chunk)))).scalars()
+        )  # fmt: skip
+        rows = await connection.execute(
+            select(m.c.id, *(m.c[k] for k in _MEMBER_FIELDS)).where(m.c.id.in_(chunk))
         )
-        return True
-    if current["revision"] > member.revision:
-        return False
-    if all(current[k] == v for k, v in values.items()):
-        return False
-    await connection.execute(
-        update(tables.members)
-        .where(tables.members.c.id == member.id)
-        .values(updated_at=utcnow(), **values)
-    )
-    return True
+        current.update({row["id"]: dict(row) for row in rows.mappings()})
+    inserts: dict[str, dict[str, Any]] = {}
+    updates: dict[str, dict[str, Any]] = {}
+    now = utcnow()
+    for member in members:
+        values: dict[str, Any] = {
+            "name": member.name,
+            "kind": member.kind,
+            "state": member.state,
+            "region": member.region,
+            "population": member.population,
+            "lat": member.lat,
+            "lon": member.lon,
+            "joined": member.joined,
+            "interests": list(member.interests),
+            "strengths": list(member.strengths),
+            "mentor_capacity": member.mentor_capacity,
+            "seeks_tandem": bool(member.seeks_tandem),
+            "status": "left" if member.id in departed else member.status,
+            "revision": member.revision,
+        }
+        known = current.get(member.id)
+        if known is None:
+            inserts[member.id] = {"id": member.id, "updated_at": now, **values}
+        elif known["revision"] > member.revision or all(known[k] == v for k, v in values.items()):
+            continue
+        elif member.id in inserts:  # inserted earlier in this batch: insert the newer values
+            inserts[member.id].update(values)
+        else:
+            updates[member.id] = {"b_id": member.id, "updated_at": now, **values}
+        current[member.id] = values
+    if inserts:
+        await connection.execute(insert(m), list(inserts.values()))
+    if updates:
+        await connection.execute(
+            update(m).where(m.c.id == bindparam("b_id")), list(updates.values())
+        )
+    return bool(inserts or updates)
 
 
 async def member_left(connection: AsyncConnection, member_id: str, reason: str) -> bool:

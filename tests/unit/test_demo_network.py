@@ -287,3 +287,15 @@ def test_population_outside_range_has_exception_reason(network: list[DemoMember]
             assert reason is not None and "10.000–250.000" in reason
         else:
             assert reason is None
+
+
+def test_docs_data_md_lists_every_tag_with_its_topics() -> None:
+    from pathlib import Path
+
+    from schemas.topics import topic_label
+    from services.demo.network import TOPIC_MAP
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text(encoding="utf-8")
+    for tag, slugs in TOPIC_MAP.items():
+        target = ", ".join(f"`{s}` ({topic_label(s)})" for s in slugs) or "— (no topic"
+        assert f"| {tag} | {target}" in doc, tag

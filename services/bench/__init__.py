@@ -1,0 +1,142 @@
+"""``tandem bench``: the system measured side by side with its limits.
+
+Every figure is the median of several runs in this one process run, next to its reference
+measured in the same run (``linear_sum_assignment`` alone, the bare broker), so the ratio holds
+on a noisy machine. Modules: ``synthetic`` (the deterministic network), ``assignment``,
+``pipeline``, ``registry``, ``memory`` (each one area), ``harness`` (broker, service
+subprocesses, topic taps), ``report`` (targets and the table).
+
+Set ``TANDEM_BENCH_PYSPY=DIR`` to record a py-spy profile of every service subprocess into DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.bench import assignment, memory, pipeline, registry
+from services.bench.report import check_targets
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each benchmark is."""
+
+    assignment: tuple[tuple[int, int], ...]
+    baselines: tuple[int, int]
+    events: int
+    existing_members: int
+    steady_joins: int
+    steady_rate: float
+    requests: int
+    clients: int
+    memory_members: int
+    burst_budget_s: float
+
+
+FULL = Sizes(
+    assignment=((25, 120), (200, 1_000), (2_000, 10_000)),
+    baselines=(100, 500),
+    events=10_000,
+    existing_members=1_000,
+    steady_joins=500,  # ten seconds at 50 joins/s
+    steady_rate=50.0,
+    requests=2_000,
+    clients=50,
+    memory_members=10_000,
+    burst_budget_s=240.0,
+)
+QUICK = Sizes(
+    assignment=((25, 120), (200, 1_000)),
+    baselines=(30, 150),
+    events=2_000,
+    existing_members=1_000,
+    steady_joins=250,
+    steady_rate=50.0,
+    requests=500,
+    clients=50,
+    memory_members=2_000,
+    burst_budget_s=60.0,
+)
+#: For the smoke test: every path once, in well under a minute.
+TINY = Sizes(
+    assignment=((10, 40),),
+    baselines=(8, 20),
+    events=150,
+    existing_members=200,
+    steady_joins=25,
+    steady_rate=50.0,
+    requests=60,
+    clients=10,
+    memory_members=300,
+    burst_budget_s=0.0,
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_gb = 0.0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = int(line.split()[1]) / 1024 / 1024
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpus": cpus,
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "memory_gb": memory_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "broker": "embedded (Tansu)",
+        "database": "SQLite",
+    }
+
+
+async def run_bench(
+    sizes: Sizes,
+    repeat: int,
+    progress: Callable[[str], None] = lambda _: None,
+    command: str = "tandem bench",
+) -> dict[str, Any]:
+    """Run every benchmark; the results as one JSON-ready dict (with ``targets``)."""
+    started = time.monotonic()
+    info = machine()
+    info["load_start"] = os.getloadavg()[0]
+    results: dict[str, Any] = {"assignment": []}
+    for newcomers, mentors in sizes.assignment:
+        progress(f"assignment {newcomers:,} x {mentors:,}")
+        results["assignment"].append(assignment.resolve_size(newcomers, mentors, repeat))
+    progress(f"baselines {sizes.baselines[0]:,} x {sizes.baselines[1]:,} (networkx is slow)")
+    results["baselines"] = assignment.baselines(*sizes.baselines, repeat)
+    progress(
+        f"pipeline: {sizes.events:,} joins vs {sizes.existing_members:,} members, then "
+        f"{sizes.steady_joins} joins at {sizes.steady_rate:.0f}/s"
+    )
+    results["pipeline"] = await pipeline.run(
+        sizes.events, sizes.existing_members, sizes.steady_joins, sizes.steady_rate, repeat,
+        sizes.burst_budget_s,
+    )  # fmt: skip
+    progress(f"registry: {sizes.requests:,} POST /api/members, {sizes.clients} clients")
+    results["registry"] = await registry.run(sizes.requests, sizes.clients, repeat)
+    progress(f"memory: matcher with {sizes.memory_members:,} members")
+    results["memory"] = await memory.run(sizes.memory_members)
+    info["load_end"] = os.getloadavg()[0]
+    results["machine"] = info
+    results["repeat"] = repeat
+    results["seconds"] = time.monotonic() - started
+    results["command"] = command
+    results["targets"] = check_targets(results)
+    return results

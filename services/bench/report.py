@@ -1,0 +1,162 @@
+"""The targets of the performance issue, and the one table ``tandem bench`` prints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Target:
+    """A limit one figure of the results must keep."""
+
+    name: str
+    limit: float
+    upper: bool  # True: the value must stay below the limit; False: reach at least the limit
+    unit: str
+    value: Callable[[dict[str, Any]], float | None]
+    text: str
+    inclusive: bool = False  # an upper limit the value may equal
+
+    def check(self, results: dict[str, Any]) -> dict[str, Any] | None:
+        value = self.value(results)
+        if value is None:
+            return None
+        if self.upper:
+            met = value <= self.limit if self.inclusive else value < self.limit
+        else:
+            met = value >= self.limit
+        return {
+            "figure": self.name,
+            "value": value,
+            "target": self.text,
+            "met": met,
+            "missed_by": None if met else missed_by(value, self.limit, self.upper, self.unit),
+        }
+
+
+def missed_by(value: float, limit: float, upper: bool, unit: str) -> str:
+    """How far a value is from its limit, absolute and relative."""
+    gap = value - limit if upper else limit - value
+    if upper:
+        factor = f"{value / limit:.1f}x the limit" if limit else ""
+    else:
+        factor = f"{limit / value:.1f}x short" if value > 0 else "nothing measured"
+    return f"{fmt(gap, unit)} ({factor})"
+
+
+def fmt(value: float, unit: str) -> str:
+    """A figure with its unit, with sensible precision."""
+    if unit == "s":
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if unit == "%":
+        return f"{value * 100:.1f} %"
+    if unit == "x":
+        return f"{value:.1f}x"
+    if unit == "MB":
+        return f"{value:.0f} MB"
+    if unit == "ms":
+        return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+    return f"{value:,.0f} {unit}".strip()
+
+
+def _size(results: dict[str, Any], n: int, m: int, key: str) -> float | None:
+    for row in results.get("assignment", []):
+        if (row["newcomers"], row["mentors"]) == (n, m):
+            return float(row[key])
+    return None
+
+
+TARGETS = (
+    Target("assignment 25 x 120", 0.005, True, "s",
+           lambda r: _size(r, 25, 120, "seconds"), "< 5 ms"),
+    Target("assignment 2,000 x 10,000", 2.0, True, "s",
+           lambda r: _size(r, 2000, 10000, "seconds"), "< 2 s"),
+    Target("assignment 2,000 x 10,000 / LSA alone", 3.0, True, "x",
+           lambda r: _size(r, 2000, 10000, "ratio_to_lsa"), "<= 3x", inclusive=True),
+    Target("pipeline throughput / bare broker", 0.25, False, "%",
+           lambda r: r["pipeline"]["ratio"], ">= 25 %"),
+    Target("pipeline latency p99 at 50 joins/s", 250.0, True, "ms",
+           lambda r: r["pipeline"]["p99_ms"], "< 250 ms"),
+    Target("registry requests/s", 300.0, False, "req/s",
+           lambda r: r["registry"]["requests_per_s"], ">= 300/s"),
+    Target("registry p99", 100.0, True, "ms",
+           lambda r: r["registry"]["p99_ms"], "< 100 ms"),
+    Target("matcher peak RSS", 300.0, True, "MB",
+           lambda r: r["memory"]["matcher_rss_mb"], "< 300 MB"),
+)  # fmt: skip
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target that the results have a figure for, met or missed by how much."""
+    return [c for c in (t.check(results) for t in TARGETS) if c is not None]
+
+
+def _verdict(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return ""
+    return "met" if check["met"] else f"missed by {check['missed_by']}"
+
+
+def table(results: dict[str, Any]) -> Table:
+    """The one table: each figure, its reference from the same run, target, met or missed."""
+    checks = {c["figure"]: c for c in results.get("targets", [])}
+    out = Table(title="tandem bench", title_justify="left")
+    for column in ("figure", "measured", "reference (same run)", "target", "met?"):
+        out.add_column(column, overflow="fold")
+
+    def row(figure: str, measured: str, reference: str = "", key: str | None = None) -> None:
+        check = checks.get(key or figure)
+        out.add_row(figure, measured, reference, check["target"] if check else "", _verdict(check))
+
+    for a in results["assignment"]:
+        name = f"assignment {a['newcomers']:,} x {a['mentors']:,}"
+        row(f"{name}: full re-solve", fmt(a["seconds"], "s"),
+            f"LSA alone {fmt(a['lsa_only_seconds'], 's')}", key=name)  # fmt: skip
+        if f"{name} / LSA alone" in checks:
+            row(f"{name}: re-solve / LSA alone", fmt(a["ratio_to_lsa"], "x"),
+                key=f"{name} / LSA alone")  # fmt: skip
+    b = results["baselines"]
+    size = f"{b['newcomers']:,} x {b['mentors']:,}"
+    for name, label in (("ours", "ours (solver)"), ("networkx", "networkx max_weight_matching"),
+                        ("greedy", "arrival-order greedy")):  # fmt: skip
+        row(f"baseline {size}: {label}",
+            f"{fmt(b[f'{name}_seconds'], 's')}, total {b[f'{name}_total']:.3f}",
+            f"{b[f'{name}_matched']} matched")  # fmt: skip
+    p = results["pipeline"]
+    row(f"pipeline: {p['events']:,} joins vs {p['existing_members']:,} members",
+        f"{p['events_per_s']:,.0f} events/s ({fmt(p['seconds'], 's')})",
+        f"bare broker {p['broker_events_per_s']:,.0f} events/s", key="")  # fmt: skip
+    row("pipeline throughput / bare broker", fmt(p["ratio"], "%"))
+    row(f"pipeline latency at {p['steady_rate_per_s']:.0f} joins/s ({p['steady_joins']} joins)",
+        f"p50 {fmt(p['p50_ms'], 'ms')}, p99 {fmt(p['p99_ms'], 'ms')}",
+        key="pipeline latency p99 at 50 joins/s")  # fmt: skip
+    g = results["registry"]
+    row(f"registry POST /api/members, {g['clients']} clients", f"{g['requests_per_s']:,.0f} req/s",
+        f"{g['requests']:,} requests", key="registry requests/s")  # fmt: skip
+    row("registry latency", f"p50 {fmt(g['p50_ms'], 'ms')}, p99 {fmt(g['p99_ms'], 'ms')}",
+        key="registry p99")  # fmt: skip
+    row(
+        "registry: 201 until the event is on the broker",
+        f"p50 {fmt(g['event_delay_p50_ms'], 'ms')}, p99 {fmt(g['event_delay_p99_ms'], 'ms')}",
+    )
+    m = results["memory"]
+    row(f"matcher peak RSS, {m['members']:,} members ({m['newcomers']:,} newcomers)",
+        fmt(m["matcher_rss_mb"], "MB"), f"idle {fmt(m['matcher_idle_rss_mb'], 'MB')}",
+        key="matcher peak RSS")  # fmt: skip
+    row("matcher peak RSS during the pipeline burst", fmt(p["matcher_rss_mb"], "MB"),
+        f"{p['existing_members'] + p['events']:,} members")  # fmt: skip
+    machine = results["machine"]
+    out.caption = (
+        f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']:.0f} GB, "
+        f"Python {machine['python']}; load average {machine['load_start']:.1f} at start, "
+        f"{machine['load_end']:.1f} at end. Medians of {results['repeat']} runs "
+        f"({5 * results['repeat']} for assignments under 1M pairs and the baselines, one for "
+        f"networkx and memory, {p['runs']} for the pipeline burst); {results['seconds']:.0f} s "
+        "in all."
+    )
+    out.caption_justify = "left"
+    return out

@@ -1,0 +1,69 @@
+"""``tandem bench``: every benchmark runs once at tiny sizes and reports every figure.
+
+No time limits are asserted: a benchmark is a program, not a test with a deadline. The full
+run is ``tandem bench`` (minutes); ``--quick`` is a smaller one; this smoke test uses the
+in-process entry with tiny sizes to stay well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from rich.console import Console
+
+from services.bench import TINY, run_bench
+from services.bench.report import table
+from tests.e2e.conftest import tandem_command
+
+KEYS = {
+    "assignment": {"newcomers", "mentors", "seconds", "lsa_only_seconds"},
+    "baselines": {
+        "newcomers", "mentors", "ours_seconds", "ours_total", "networkx_seconds",
+        "networkx_total", "greedy_seconds", "greedy_total",
+    },
+    "pipeline": {
+        "events", "seconds", "events_per_s", "broker_events_per_s", "ratio", "p50_ms", "p99_ms",
+    },
+    "registry": {"requests", "requests_per_s", "p50_ms", "p99_ms", "event_delay_p99_ms"},
+    "memory": {"members", "matcher_rss_mb"},
+}  # fmt: skip
+#: Figures that may legitimately be 0 at tiny sizes (an event may arrive before the response).
+MAY_BE_ZERO = {("registry", "event_delay_p99_ms")}
+
+
+@pytest.mark.slow
+async def test_bench_reports_every_figure_as_a_positive_number() -> None:
+    results = await run_bench(TINY, repeat=1)
+
+    # JSON-ready, as `tandem bench --json` prints it.
+    results = json.loads(json.dumps(results))
+    for area, keys in KEYS.items():
+        rows = results[area] if area == "assignment" else [results[area]]
+        assert rows, area
+        for row in rows:
+            assert keys <= set(row), (area, keys - set(row))
+            for key in keys:
+                value = row[key]
+                assert isinstance(value, int | float), (area, key, value)
+                assert value > 0 or ((area, key) in MAY_BE_ZERO and value == 0), (area, key)
+    assert results["machine"]["cpus"] >= 1
+    assert results["baselines"]["ours_total"] >= results["baselines"]["greedy_total"] - 1e-9
+    assert abs(results["baselines"]["ours_total"] - results["baselines"]["networkx_total"]) < 1e-6
+    for check in results["targets"]:
+        assert check["met"] or check["missed_by"], check
+
+    console = Console(width=160, record=True)
+    console.print(table(results))
+    text = console.export_text()
+    assert "pipeline throughput / bare broker" in text and "matcher peak RSS" in text
+
+
+def test_bench_command_is_there() -> None:
+    result = subprocess.run(
+        [*tandem_command(), "bench", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--json", "--quick", "--repeat"):
+        assert option in result.stdout

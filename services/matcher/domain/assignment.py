@@ -90,6 +90,9 @@ def solve_assignment(
     if free.size == 0 or m == 0 or not remaining.any():
         _check_scores(scores)
         return result
+    if free.size > int(remaining.sum()):
+        result[free] = _solve_by_slots(scores, feasible, remaining, incumbent, free)
+        return result
     lists = _CandidateLists(scores, feasible, remaining, incumbent, free)
     while True:
         chosen = lists.solve()
@@ -99,6 +102,36 @@ def solve_assignment(
         lists.grow(failing)
     result[free] = chosen
     return result
+
+
+def _solve_by_slots(
+    scores: FloatArray,
+    feasible: NDArray[np.bool_],
+    remaining: IntArray,
+    incumbent: IntArray,
+    free: IntArray,
+) -> IntArray:
+    """The same optimum when newcomers outnumber the free mentor slots (a burst of joins).
+
+    Rows are the s free slots, columns the f newcomers (s < f), so every slot is assigned and
+    no "unassigned" columns are needed: one dense s x f ``linear_sum_assignment``. A feasible
+    pair is worth ``s + 1`` plus its score (plus the incumbent bonus), an infeasible one 0, so
+    the solver first maximises the number of feasible pairs (one more pair outweighs any loss
+    of score, which is at most s) and then the total score, exactly as the candidate-list path.
+    O(s^2 f) time and s x f memory.
+    """
+    _check_scores(scores)
+    slot_mentor = np.repeat(np.arange(remaining.size), remaining)
+    sub_scores = scores[np.ix_(free, slot_mentor)]
+    sub_feasible = feasible[np.ix_(free, slot_mentor)]
+    value = sub_scores + (slot_mentor[None, :] == incumbent[free][:, None]) * INCUMBENT_TOLERANCE
+    value += slot_mentor.size + 1.0
+    value[~sub_feasible] = 0.0
+    slots, rows = linear_sum_assignment(value.T, maximize=True)
+    chosen = np.full(free.size, -1, dtype=np.int_)
+    kept = sub_feasible[rows, slots]
+    chosen[rows[kept]] = slot_mentor[slots[kept]]
+    return chosen
 
 
 def _check_shapes(

@@ -252,8 +252,14 @@ def bench(
     from services.bench.report import table
 
     _configure_logging("WARNING")
+    command = " ".join(
+        ["tandem bench", *(["--json"] if as_json else []), *(["--quick"] if quick else []),
+         *([f"--repeat {repeat}"] if repeat != 3 else [])]
+    )  # fmt: skip
     results = asyncio.run(
-        run_bench(QUICK if quick else FULL, repeat, lambda step: console.print(f"[dim]{step}[/]"))
+        run_bench(
+            QUICK if quick else FULL, repeat, lambda step: console.print(f"[dim]{step}[/]"), command
+        )
     )
     if as_json:
         print(json.dumps(results, indent=2))

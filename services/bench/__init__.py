@@ -49,7 +49,7 @@ FULL = Sizes(
     requests=2_000,
     clients=50,
     memory_members=10_000,
-    burst_budget_s=240.0,
+    burst_budget_s=150.0,
 )
 QUICK = Sizes(
     assignment=((25, 120), (200, 1_000)),

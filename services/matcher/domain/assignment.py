@@ -90,8 +90,11 @@ def solve_assignment(
     if free.size == 0 or m == 0 or not remaining.any():
         _check_scores(scores)
         return result
-    if free.size > int(remaining.sum()):
-        result[free] = _solve_by_slots(scores, feasible, remaining, incumbent, free)
+    # Only mentors some waiting newcomer may have count (newcomers of the same year have
+    # capacity too, but nobody can pair with them yet).
+    usable = np.where(feasible[free].any(axis=0), remaining, 0)
+    if free.size > int(usable.sum()):
+        result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)
         return result
     lists = _CandidateLists(scores, feasible, remaining, incumbent, free)
     while True:

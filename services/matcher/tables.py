@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
-    Boolean,
     Column,
     Date,
     DateTime,
@@ -19,6 +18,7 @@ from sqlalchemy import (
     Text,
 )
 
+from services.infra.member_columns import profile_columns
 from services.infra.outbox import outbox_table
 
 metadata = MetaData()
@@ -26,19 +26,7 @@ metadata = MetaData()
 members = Table(
     "matcher_members",
     metadata,
-    Column("id", String(64), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("state", String(5), nullable=False),
-    Column("region", String(5), nullable=False),
-    Column("population", Integer, nullable=False),
-    Column("lat", Float, nullable=True),
-    Column("lon", Float, nullable=True),
-    Column("joined", Date, nullable=False),
-    Column("interests", JSON, nullable=False),
-    Column("strengths", JSON, nullable=False),
-    Column("mentor_capacity", Integer, nullable=False),
-    Column("seeks_tandem", Boolean, nullable=False),
+    *profile_columns(),
     Column("status", String(10), nullable=False),
     Column("revision", Integer, nullable=False, server_default="1"),
     Column("updated_at", DateTime(timezone=True), nullable=False),

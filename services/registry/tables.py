@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
-    Boolean,
     Column,
-    Date,
     DateTime,
-    Float,
     Integer,
     MetaData,
     String,
@@ -16,6 +13,7 @@ from sqlalchemy import (
     Text,
 )
 
+from services.infra.member_columns import profile_columns
 from services.infra.outbox import outbox_table
 
 metadata = MetaData()
@@ -23,19 +21,7 @@ metadata = MetaData()
 members = Table(
     "members",
     metadata,
-    Column("id", String(64), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("state", String(5), nullable=False),
-    Column("region", String(5), nullable=False),
-    Column("population", Integer, nullable=False),
-    Column("lat", Float, nullable=True),
-    Column("lon", Float, nullable=True),
-    Column("joined", Date, nullable=False),
-    Column("interests", JSON, nullable=False),
-    Column("strengths", JSON, nullable=False),
-    Column("mentor_capacity", Integer, nullable=False),
-    Column("seeks_tandem", Boolean, nullable=False),
+    *profile_columns(),
     Column("contact", JSON(none_as_null=True), nullable=True),
     Column("partners", JSON, nullable=False),
     Column("exception_reason", Text, nullable=True),

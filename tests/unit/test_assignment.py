@@ -53,6 +53,15 @@ def brute_force(
     return best
 
 
+def shortlist_of(scores: NDArray[np.float64], feasible: NDArray[np.bool_], k: int) -> Ints:
+    """Each row's k best feasible columns, best first, equal scores by column; -1 pads."""
+    result = np.full((scores.shape[0], k), -1, dtype=np.int_)
+    for i in range(scores.shape[0]):
+        ranked = sorted(np.flatnonzero(feasible[i]).tolist(), key=lambda j: (-scores[i, j], j))
+        result[i, : min(k, len(ranked))] = ranked[:k]
+    return result
+
+
 @st.composite
 def instances(draw: st.DrawFn) -> tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints]:
     """Small random instances; scores on a 0.05 grid so that ties happen often."""
@@ -78,13 +87,16 @@ def instances(draw: st.DrawFn) -> tuple[NDArray[np.float64], Ints, NDArray[np.bo
     return scores, capacity, feasible, incumbent, pinned
 
 
-@settings(max_examples=200, deadline=None)
-@given(instances())
+@settings(max_examples=300, deadline=None)
+@given(instances(), st.integers(0, 5))
 def test_solver_matches_brute_force_and_keeps_every_hard_constraint(
-    instance: tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints],
+    instance: tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints], listed: int
 ) -> None:
+    # listed > 0: the first candidates come from a shortlist of that width, as the planner
+    # passes it; 0: from the solver's own pass over the matrix. The optimum is the same.
     scores, capacity, feasible, incumbent, pinned = instance
-    chosen = solve_assignment(scores, capacity, feasible, incumbent, pinned)
+    shortlist = shortlist_of(scores, feasible, listed) if listed else None
+    chosen = solve_assignment(scores, capacity, feasible, incumbent, pinned, shortlist)
 
     rows = np.flatnonzero(chosen >= 0)
     assert feasible[rows, chosen[rows]].all()
@@ -98,7 +110,9 @@ def test_solver_matches_brute_force_and_keeps_every_hard_constraint(
     # Scores differ by at least 0.05 here, far above the tolerance: incumbents decide ties only.
     assert kept == best[2]
 
-    again = solve_assignment(scores.copy(), capacity.copy(), feasible.copy(), incumbent, pinned)
+    again = solve_assignment(
+        scores.copy(), capacity.copy(), feasible.copy(), incumbent, pinned, shortlist
+    )
     assert (again == chosen).all()
 
 
@@ -131,9 +145,10 @@ def full_problem(
     return value(scores, chosen)
 
 
+@pytest.mark.parametrize("listed", [False, True])
 @pytest.mark.parametrize("first", [1, 2, 8])
 def test_column_reduction_is_exact_on_contested_instances(
-    monkeypatch: pytest.MonkeyPatch, first: int
+    monkeypatch: pytest.MonkeyPatch, first: int, listed: bool
 ) -> None:
     # Popular mentors (a column effect) make rows compete, so short candidate lists fail the
     # certificate and must grow; the optimum must still be the full problem's.
@@ -144,7 +159,8 @@ def test_column_reduction_is_exact_on_contested_instances(
         scores = np.clip(0.6 * rng.random((1, m)) + 0.4 * rng.random((n, m)), 0, 1).round(3)
         capacity = rng.integers(0, 3, m)
         feasible = rng.random((n, m)) < rng.uniform(0.2, 1.0)
-        chosen = solve_assignment(scores, capacity, feasible, none(n), none(n))
+        shortlist = shortlist_of(scores, feasible, first) if listed else None
+        chosen = solve_assignment(scores, capacity, feasible, none(n), none(n), shortlist)
         matched, total = value(scores, chosen)
         expected = full_problem(scores, capacity, feasible)
         assert matched == expected[0]
@@ -244,6 +260,26 @@ def test_inconsistent_input_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         solve_assignment(scores, capacity, feasible, none(2), none(2))
+
+
+@pytest.mark.parametrize(
+    "shortlist", [np.zeros((3, 2), np.int_), np.full((2, 2), 2), np.full((2, 2), -2), np.zeros(2)]
+)
+def test_malformed_shortlist_is_refused(shortlist: Ints) -> None:
+    with pytest.raises(ValueError, match="shortlist must be"):
+        solve_assignment(
+            np.full((2, 2), 0.5), np.array([1, 1]), np.ones((2, 2), bool), none(2), none(2),
+            shortlist.astype(np.int_),
+        )  # fmt: skip
+
+
+def test_scores_read_through_a_shortlist_are_checked() -> None:
+    scores = np.array([[0.5, np.nan], [0.5, 0.4]])
+    with pytest.raises(ValueError, match="finite"):
+        solve_assignment(
+            scores, np.array([1, 1]), np.ones((2, 2), bool), none(2), none(2),
+            np.array([[1, 0], [0, 1]]),
+        )  # fmt: skip
 
 
 def test_empty_instances() -> None:

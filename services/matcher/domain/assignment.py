@@ -28,7 +28,7 @@ Column reduction (exact): the full problem has n x (sum of capacities + n) cells
   feasible mentors. If it were matched outside them, the other r - 1 newcomers occupy at most
   r - 1 of those r mentors, so one of them is unused; moving i there loses nothing.
 * Dual certificate (sharper in practice): solve with each newcomer's k best mentors only
-  (k = 8 first). If every newcomer whose list was cut has a listed mentor with capacity left over,
+  (k = 16 first). If every newcomer whose list was cut has a listed mentor with capacity left over,
   the solution is optimal for the full problem: that mentor's capacity constraint is slack, so
   its dual price is 0, the newcomer's dual value is at least its score there, which is at least
   any score it was cut from, so every cut cell satisfies the dual constraint. Newcomers failing
@@ -50,17 +50,19 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
+from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 #: Score bonus of keeping a newcomer's current mentor; see the module docstring.
 INCUMBENT_TOLERANCE = 1e-6
 #: Candidate mentors per newcomer in the first reduced solve.
-FIRST_CANDIDATES = 8
+FIRST_CANDIDATES = 16
 #: Factor by which a newcomer's candidate list grows when the certificate fails.
 CANDIDATE_GROWTH = 4
 #: Rows handled per numpy block while selecting candidates: keeps temporaries in the CPU cache
 #: instead of materialising further n x m arrays.
 _BLOCK_CELLS = 1 << 17
+#: Above this many dummy cells per listed cell the reduced problem is solved densely.
+_SPARSE_DUMMY_FACTOR = 4
 
 IntArray = NDArray[np.int_]
 FloatArray = NDArray[np.float64]
@@ -72,6 +74,7 @@ def solve_assignment(
     feasible: NDArray[np.bool_],
     incumbent: IntArray,
     pinned: IntArray,
+    shortlist: IntArray | None = None,
 ) -> IntArray:
     """Assign newcomers (rows) to mentors (columns); returns the mentor column or -1 per row.
 
@@ -80,10 +83,21 @@ def solve_assignment(
     the column it must get or -1. See the module docstring for objective, tie-breaking and the
     exact column reduction.
 
+    ``shortlist`` (optional, n x k): per row its k best feasible columns by score, -1 where it
+    has fewer, as ``score_matrix(..., shortlist=k)`` lists them while scoring. The first
+    candidate lists are then taken from it instead of from a pass over the whole matrix, and
+    only the cells the solver reads are checked to lie in [0, 1].
+
     Raises ``ValueError`` on inconsistent shapes or values, a pinned pair that is infeasible, or
     pins that exceed a mentor's capacity.
     """
     n, m = _check_shapes(scores, capacity, feasible, incumbent, pinned)
+    if shortlist is not None and (
+        shortlist.ndim != 2
+        or shortlist.shape[0] != n
+        or (shortlist.size and (shortlist.min() < -1 or shortlist.max() >= m))
+    ):
+        raise ValueError(f"shortlist must be n x k columns or -1 (n = {n}), got {shortlist.shape}")
     result = np.full(n, -1, dtype=np.int_)
     remaining = _apply_pins(pinned, capacity, feasible, result)
     free = np.flatnonzero(pinned < 0)
@@ -96,7 +110,7 @@ def solve_assignment(
     if free.size > int(usable.sum()):
         result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)
         return result
-    lists = _CandidateLists(scores, feasible, remaining, incumbent, free)
+    lists = _CandidateLists(scores, feasible, remaining, incumbent, free, shortlist)
     while True:
         chosen = lists.solve()
         failing = lists.uncertified(chosen)
@@ -201,6 +215,7 @@ class _CandidateLists:
         remaining: IntArray,
         incumbent: IntArray,
         free: IntArray,
+        shortlist: IntArray | None,
     ) -> None:
         self.scores, self.feasible, self.free = scores, feasible, free
         self.remaining = remaining
@@ -208,12 +223,46 @@ class _CandidateLists:
         self.incumbent = incumbent
         rows = free.size
         self.limit = rows  # lists this long need no certificate (exchange argument)
+        # size[row]: the list holds the row's size[row] best open cells (by key), or all.
         self.size = np.zeros(rows, dtype=np.int_)
-        self.usable = np.zeros(rows, dtype=np.int_)
         self.rows = np.empty(0, dtype=np.int_)
         self.cols = np.empty(0, dtype=np.int_)
         self.keys = np.empty(0)
-        self._select(np.arange(rows), FIRST_CANDIDATES, first=True)
+        if shortlist is None:
+            self._select(np.arange(rows), FIRST_CANDIDATES, first=True)
+        else:
+            self._take(shortlist[free])
+
+    def _take(self, shortlist: IntArray) -> None:
+        """Lists from each row's best feasible columns by score (``shortlist``, -1 pads).
+
+        The open columns among a row's k best feasible are its k' best open ones (every open
+        column left out scores no higher), so the list holds the k' best cells by score. By key
+        (score plus the incumbent bonus) that still holds unless the incumbent was left out
+        while within the bonus of the lowest listed score: it is then added, so that every cell
+        left out keys no higher than any listed one, which the certificate needs.
+        """
+        listed = shortlist >= 0
+        listed[listed] = self.open[shortlist[listed]]
+        self.size = np.count_nonzero(listed, axis=1)
+        rows = np.repeat(np.arange(self.free.size), self.size)
+        cols = shortlist[listed]
+        raw = self.scores[self.free[rows], cols]
+        _check_scores(raw)
+        keys = raw + np.where(self.incumbent[self.free[rows]] == cols, INCUMBENT_TOLERANCE, 0.0)
+        lowest = np.full(self.free.size, np.inf)
+        np.minimum.at(lowest, rows, raw)
+        held = np.flatnonzero((self.incumbent[self.free] >= 0) & (self.size > 0))
+        held_cols = self.incumbent[self.free][held]
+        usable = self.feasible[self.free[held], held_cols] & self.open[held_cols]
+        held, held_cols = held[usable], held_cols[usable]
+        held_raw = self.scores[self.free[held], held_cols]
+        _check_scores(held_raw)
+        missing = ~(shortlist[held] == held_cols[:, None]).any(axis=1)
+        added = missing & (held_raw + INCUMBENT_TOLERANCE > lowest[held])
+        self.rows = np.concatenate([rows, held[added]])
+        self.cols = np.concatenate([cols, held_cols[added]])
+        self.keys = np.concatenate([keys, held_raw[added] + INCUMBENT_TOLERANCE])
 
     def _select(self, rows: IntArray, k: int, first: bool = False) -> None:
         """(Re)build the lists of ``rows`` with their ``k`` best cells."""
@@ -225,15 +274,12 @@ class _CandidateLists:
             block = rows[start : start + step]
             source = self.free[block]
             key = self.scores[source]
-            if first:
-                _check_scores(key)
+            _check_scores(key)
             usable = self.feasible[source] & self.open[None, :]
             np.copyto(key, -np.inf, where=~usable)
             holders = np.flatnonzero(self.incumbent[source] >= 0)
             held = self.incumbent[source][holders]
             key[holders, held] += np.where(usable[holders, held], INCUMBENT_TOLERANCE, 0.0)
-            if first:
-                self.usable[block] = np.count_nonzero(usable, axis=1)
             if k < m:
                 # The k best per row, in no particular order; cells left out score no higher
                 # than any listed one, which is all the exactness arguments need.
@@ -260,7 +306,8 @@ class _CandidateLists:
     def grow(self, rows: IntArray) -> None:
         """Give ``rows`` longer candidate lists."""
         for k in np.unique(self.size[rows]):
-            self._select(rows[self.size[rows] == k], int(k) * CANDIDATE_GROWTH)
+            grown = max(int(k), FIRST_CANDIDATES) * CANDIDATE_GROWTH
+            self._select(rows[self.size[rows] == k], grown)
 
     def solve(self) -> IntArray:
         """Optimal assignment of the reduced problem: mentor column per free row or -1."""
@@ -282,10 +329,10 @@ class _CandidateLists:
             (np.ones(slot_rows.size), (slot_rows, slot_cols)), shape=(active.size, real)
         )
         matchable = int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
-        cost = np.full((active.size, real + active.size - matchable), np.inf)
-        cost[:, real:] = 0.0
-        cost[slot_rows, slot_cols] = -np.repeat(cell_keys, slots[local])
-        got_rows, got_cols = linear_sum_assignment(cost)
+        values = np.repeat(cell_keys, slots[local])
+        got_rows, got_cols = _min_cost_assignment(
+            slot_rows, slot_cols, values, active.size, real, active.size - matchable
+        )
         slot_owner = np.repeat(mentors, slots)
         matched = got_cols < real
         chosen[active[got_rows[matched]]] = slot_owner[got_cols[matched]]
@@ -295,10 +342,48 @@ class _CandidateLists:
         """Rows whose cut list is not proven sufficient (no listed mentor with spare capacity)."""
         used = np.bincount(chosen[chosen >= 0], minlength=self.remaining.size)
         slack = (used < self.remaining).astype(np.float64)
-        lengths = np.bincount(self.rows, minlength=self.size.size)
         has_slack = np.bincount(self.rows, weights=slack[self.cols], minlength=self.size.size) > 0
-        cut = lengths < self.usable
-        return np.flatnonzero(cut & (self.size < self.limit) & ~has_slack)
+        doubtful = np.flatnonzero((self.size < self.limit) & ~has_slack)
+        if doubtful.size == 0:
+            return doubtful
+        # Only lists that left out some usable cell need the certificate.
+        lengths = np.bincount(self.rows, minlength=self.size.size)[doubtful]
+        usable = np.count_nonzero(self.feasible[self.free[doubtful]] & self.open, axis=1)
+        failing: IntArray = doubtful[lengths < usable]
+        return failing
+
+
+def _min_cost_assignment(
+    rows: IntArray, cols: IntArray, keys: FloatArray, n_rows: int, n_cols: int, dummies: int
+) -> tuple[IntArray, IntArray]:
+    """Maximum-key assignment of every row to a listed column or to one of ``dummies`` shared
+    "unassigned" columns (each row may take any of them, at key 0).
+
+    The cells are few (a handful per row), so the sparse Jonker-Volgenant solver
+    (``min_weight_full_bipartite_matching``) works on them directly. Its weights must be
+    non-zero, so every cell costs ``2 - key`` (> 0 as keys are at most 1 plus the incumbent
+    bonus), a dummy 2: every row takes exactly one column, so shifting all costs by the same
+    amount leaves the optimum unchanged. When the dummy cells would outnumber the listed ones
+    by far (many rows that cannot all be matched), a dense ``linear_sum_assignment`` is
+    cheaper.
+    """
+    if dummies and n_rows * dummies > _SPARSE_DUMMY_FACTOR * rows.size:
+        cost = np.full((n_rows, n_cols + dummies), np.inf)
+        cost[:, n_cols:] = 0.0
+        cost[rows, cols] = -keys
+        got_rows, got_cols = linear_sum_assignment(cost)
+        return got_rows.astype(np.int_), got_cols.astype(np.int_)
+    dummy_rows = np.repeat(np.arange(n_rows), dummies)
+    dummy_cols = np.tile(np.arange(n_cols, n_cols + dummies), n_rows)
+    graph = csr_matrix(
+        (
+            np.concatenate([2.0 - keys, np.full(dummy_rows.size, 2.0)]),
+            (np.concatenate([rows, dummy_rows]), np.concatenate([cols, dummy_cols])),
+        ),
+        shape=(n_rows, n_cols + dummies),
+    )
+    got_rows, got_cols = min_weight_full_bipartite_matching(graph)
+    return got_rows.astype(np.int_), got_cols.astype(np.int_)
 
 
 def _drop_dominated_private(

@@ -7,14 +7,17 @@ cost the most (weight x shortfall) among those that scored poorly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 from schemas.member import STATES
 from schemas.topics import topic_label
 from services.matcher.domain.model import Member
 from services.matcher.domain.scoring import (
+    CRITERIA,
     DEFAULT_WEIGHTS,
     FORMER_PARTNERS_SCORE,
+    GEOGRAPHY_ZERO_KM,
     UNCONNECTED_SCORE,
     Weights,
     distance_km,
@@ -30,11 +33,13 @@ HELPS = {"population": 0.6, "geography": 0.5, "experience": 0.4, "topics": 1e-9}
 HURTS = {"population": 0.3, "geography": 0.2}
 
 
+@lru_cache(maxsize=1 << 14)
 def german_number(value: int) -> str:
     """``58000`` -> ``"58.000"`` (German thousands separator)."""
     return f"{value:,}".replace(",", ".")
 
 
+@lru_cache(maxsize=1 << 14)
 def inhabitants(population: int) -> str:
     """A population rounded for reading: to thousands from 10,000, else to hundreds."""
     step = 1000 if population >= 10_000 else 100
@@ -52,24 +57,19 @@ def explain_pair(
     ``breakdown`` holds the per-criterion scores of the pair (as from ``score_pair``);
     ``weights`` decide the order and which criteria count at all (weight 0: never a reason).
     """
-    share = weights.normalised()
+    share = _shares(weights)
     helped: list[tuple[float, int, list[str]]] = []
     caveats: list[tuple[float, str]] = []
-    for order, (name, reasons, caveat) in enumerate(
-        (
-            ("topics", *_topics(newcomer, mentor)),
-            ("population", *_population(newcomer, mentor, breakdown)),
-            ("geography", *_geography(newcomer, mentor, breakdown)),
-            ("experience", *_experience(mentor, breakdown)),
-            ("network", *_network(breakdown)),
-        )
-    ):
-        if share[name] <= 0 or name not in breakdown:
+    for order, name in enumerate(CRITERIA):
+        weight = share[name]
+        if weight <= 0 or name not in breakdown:
             continue
+        reasons, caveat = _EXPLAINERS[name](newcomer, mentor, breakdown)
+        score = breakdown[name]
         if reasons:
-            helped.append((share[name] * breakdown[name], order, reasons))
+            helped.append((weight * score, order, reasons))
         if caveat:
-            caveats.append((share[name] * (1.0 - breakdown[name]), caveat))
+            caveats.append((weight * (1.0 - score), caveat))
     helped.sort(key=lambda item: (-item[0], item[1]))
     result = [reason for _, _, reasons in helped for reason in reasons]
     if caveats:
@@ -77,11 +77,19 @@ def explain_pair(
     return result
 
 
+@lru_cache(maxsize=64)
+def _shares(weights: Weights) -> dict[str, float]:
+    return weights.normalised()
+
+
+@lru_cache(maxsize=1 << 12)
 def _labels(topics: frozenset[str]) -> str:
     return ", ".join(sorted(topic_label(t) for t in topics))
 
 
-def _topics(newcomer: Member, mentor: Member) -> tuple[list[str], str | None]:
+def _topics(
+    newcomer: Member, mentor: Member, breakdown: Mapping[str, float]
+) -> tuple[list[str], str | None]:
     offered = newcomer.interests & mentor.strengths
     shared = (newcomer.interests & mentor.interests) - offered
     reasons = []
@@ -108,7 +116,10 @@ def _geography(
     newcomer: Member, mentor: Member, breakdown: Mapping[str, float]
 ) -> tuple[list[str], str | None]:
     score = breakdown.get("geography", 0.0)
-    distance = distance_km(newcomer, mentor)
+    located = newcomer.has_location and mentor.has_location
+    # Above 0 the score is linear in the distance, so the distance need not be computed again.
+    distance = (1.0 - score) * GEOGRAPHY_ZERO_KM if located and score > 0 else None
+    distance = distance_km(newcomer, mentor) if distance is None else distance
     if distance is not None:
         where = "weniger als 1 km" if distance < 1 else f"{german_number(round(distance))} km"
         if score >= HELPS["geography"]:
@@ -123,19 +134,33 @@ def _geography(
     return [], f"andere Region ({_region(newcomer.region)} / {_region(mentor.region)})"
 
 
-def _experience(mentor: Member, breakdown: Mapping[str, float]) -> tuple[list[str], str | None]:
+def _experience(
+    newcomer: Member, mentor: Member, breakdown: Mapping[str, float]
+) -> tuple[list[str], str | None]:
     if breakdown.get("experience", 0.0) >= HELPS["experience"]:
         return [f"seit {mentor.joined.year} im Netzwerk"], None
     return [], None
 
 
-def _network(breakdown: Mapping[str, float]) -> tuple[list[str], str | None]:
+def _network(
+    newcomer: Member, mentor: Member, breakdown: Mapping[str, float]
+) -> tuple[list[str], str | None]:
     score = breakdown.get("network", UNCONNECTED_SCORE)
     if score >= UNCONNECTED_SCORE:
         return ["noch keine gemeinsame Verbindung im Netzwerk"], None
     if score <= FORMER_PARTNERS_SCORE:
         return [], "waren bereits Tandem-Partner"
     return [], None
+
+
+_Explainer = Callable[[Member, Member, Mapping[str, float]], tuple[list[str], str | None]]
+_EXPLAINERS: dict[str, _Explainer] = {
+    "topics": _topics,
+    "population": _population,
+    "geography": _geography,
+    "experience": _experience,
+    "network": _network,
+}
 
 
 def _state(code: str) -> str:

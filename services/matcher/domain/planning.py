@@ -19,14 +19,17 @@ import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
-from services.matcher.domain.assignment import solve_assignment
+from services.matcher.domain.assignment import FIRST_CANDIDATES, solve_assignment
 from services.matcher.domain.explain import explain_pair
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
-from services.matcher.domain.scoring import Weights, score_matrix
+from services.matcher.domain.scoring import CRITERIA, Weights, score_matrix
 
 #: How many alternatives a proposal lists.
 ALTERNATIVES = 3
+#: Best mentors listed per newcomer while scoring: the solver's first candidate lists and,
+#: without the chosen one, the alternatives.
+SHORTLIST = max(FIRST_CANDIDATES, ALTERNATIVES + 1)
 
 
 class Unmatched(StrEnum):
@@ -145,14 +148,20 @@ def plan_tandems(
     mentors = [x for x in active if capacity_of[x.id] > 0]
     capacity = np.array([capacity_of[x.id] for x in mentors], dtype=np.int_)
     feasible = _feasibility(newcomers, mentors, rejected | forbidden)
-    scores = score_matrix(newcomers, mentors, weights, today, graph)
+    # Each newcomer's best feasible mentors are listed while scoring: the solver's first
+    # candidates and the alternatives come from them, not from more passes over the matrix.
+    scores = score_matrix(
+        newcomers, mentors, weights, today, graph, shortlist=SHORTLIST, feasible=feasible
+    )
     column = {x.id: j for j, x in enumerate(mentors)}
     # Infeasible incumbents (e.g. the pair was since forbidden) get no bonus in the solver.
     incumbent = np.array([column.get(pending.get(x.id, ""), -1) for x in newcomers], dtype=np.int_)
     pins, dropped = _pins(
         newcomers, active, column, capacity, feasible, pinned, rejected | forbidden
     )
-    chosen = solve_assignment(scores.total, capacity, feasible, incumbent, pins)
+    chosen = solve_assignment(
+        scores.total, capacity, feasible, incumbent, pins, shortlist=scores.shortlist
+    )
 
     unmatched: dict[str, str] = {}
     years = np.sort([x.joined.year for x in active])
@@ -162,16 +171,22 @@ def plan_tandems(
             newcomers[row], years, mentor_years, feasible[row]
         )
     rows = np.flatnonzero(chosen >= 0)
-    others = _alternatives(scores.total, feasible, rows, chosen[rows])
+    others = _alternatives(scores.shortlist[rows], chosen[rows])
     # Breakdowns of every planned and alternative pair in one vectorised call.
     cell_rows = np.concatenate([rows, np.repeat(rows, ALTERNATIVES)])
     cell_cols = np.concatenate([chosen[rows], others.ravel()])
     listed = cell_cols >= 0
     cell_rows, cell_cols = cell_rows[listed], cell_cols[listed]
     parts = scores.breakdowns(cell_rows, cell_cols)
+    columns = [parts[name].tolist() for name in CRITERIA]
     found = {
-        (int(i), int(j)): (float(scores.total[i, j]), {c: float(parts[c][k]) for c in parts})
-        for k, (i, j) in enumerate(zip(cell_rows.tolist(), cell_cols.tolist(), strict=True))
+        cell: (total, dict(zip(CRITERIA, values, strict=True)))
+        for cell, total, values in zip(
+            zip(cell_rows.tolist(), cell_cols.tolist(), strict=True),
+            scores.total[cell_rows, cell_cols].tolist(),
+            zip(*columns, strict=True),
+            strict=True,
+        )
     }
     proposals = []
     for i, j, alternatives in zip(
@@ -265,36 +280,22 @@ def _unmatched_reason(
     return Unmatched.CAPACITY_TAKEN
 
 
-def _alternatives(
-    scores: NDArray[np.float64],
-    feasible: NDArray[np.bool_],
-    rows: NDArray[np.int_],
-    chosen: NDArray[np.int_],
-) -> NDArray[np.int_]:
+def _alternatives(shortlist: NDArray[np.int_], chosen: NDArray[np.int_]) -> NDArray[np.int_]:
     """Per row the ``ALTERNATIVES`` best other feasible mentor columns, best first (-1 pads).
 
-    Whether a mentor's capacity is used by another proposal of this solve does not matter.
-    Equal scores are ordered by column (mentor id); a tie for the last place is broken
-    deterministically by ``np.argpartition``.
+    ``shortlist``: the rows' best feasible columns, best first, equal scores by column (see
+    ``score_matrix``); at least ``ALTERNATIVES + 1`` wide, so that the alternatives are in it
+    whether or not it holds the chosen mentor. Whether a mentor's capacity is used by another
+    proposal of this solve does not matter.
     """
-    n, m = rows.size, scores.shape[1]
-    result = np.full((n, ALTERNATIVES), -1, dtype=np.int_)
-    k = min(ALTERNATIVES, m)
-    if k == 0:
-        return result
-    step = max(1, (1 << 15) // max(m, 1))
-    for start in range(0, n, step):
-        block = slice(start, min(start + step, n))
-        key = np.where(feasible[rows[block]], scores[rows[block]], -np.inf)
-        local = np.arange(key.shape[0])
-        key[local, chosen[block]] = -np.inf
-        top = np.argpartition(key, m - k, axis=1)[:, m - k :] if k < m else np.argsort(key)
-        top_keys = np.take_along_axis(key, top, axis=1)
-        # Best first; equal keys by column. lexsort sorts by the last key first.
-        order = np.lexsort((top, -top_keys), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_keys = np.take_along_axis(top_keys, order, axis=1)
-        result[block, :k] = np.where(top_keys > -np.inf, top, -1)
+    other = (shortlist >= 0) & (shortlist != chosen[:, None])
+    # Stable: the listed order (best first) is kept among the other mentors.
+    order = np.argsort(~other, axis=1, kind="stable")[:, :ALTERNATIVES]
+    picked = np.take_along_axis(shortlist, order, axis=1)
+    result = np.where(np.take_along_axis(other, order, axis=1), picked, -1)
+    if result.shape[1] < ALTERNATIVES:  # fewer mentors than alternatives
+        pad = np.full((result.shape[0], ALTERNATIVES - result.shape[1]), -1, dtype=np.int_)
+        result = np.concatenate([result, pad], axis=1)
     return result
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +155,8 @@ class ScoreMatrix:
     total: Matrix
     parts: Mapping[str, Matrix]
     criteria: _Criteria = field(repr=False)  # feature arrays behind parts and breakdowns
+    #: Per row its best feasible columns, best first (see ``score_matrix``); n x 0 if not asked.
+    shortlist: NDArray[np.int_] = field(default_factory=lambda: np.empty((0, 0), dtype=np.int_))
 
     def breakdowns(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> dict[str, Vector]:
         """Per-criterion scores of the cells ``(rows[k], cols[k])``, without full parts."""
@@ -259,46 +263,199 @@ def score_matrix(
     weights: Weights,
     today: dt.date,
     graph: nx.Graph | None = None,
+    *,
+    shortlist: int = 0,
+    feasible: NDArray[np.bool_] | None = None,
 ) -> ScoreMatrix:
     """Score every newcomer (row) against every mentor (column), vectorised.
 
     Per-member feature arrays are built once (O(n + m)); the n x m work is numpy arithmetic
     and small matrix products, done in blocks of rows so that temporaries stay in the CPU
-    cache and only ``total`` is written to memory.
+    cache and only ``total`` is written to memory. Large matrices are split between the CPU
+    cores (numpy releases the GIL in its loops), see ``_worker_count``.
+
+    ``shortlist`` > 0 also lists each row's ``shortlist`` best columns while the block is still
+    in the cache (``ScoreMatrix.shortlist``): best first, equal scores by column, only cells
+    where ``feasible`` (n x m booleans; all cells when ``None``) holds, -1 where a row has fewer.
     """
     criteria = _Criteria.of(newcomers, mentors, today, graph)
-    share = weights.normalised()
     n, m = len(newcomers), len(mentors)
+    if feasible is not None and feasible.shape != (n, m):
+        raise ValueError(f"feasible has shape {feasible.shape}, expected {(n, m)}")
     total = np.empty((n, m))
-    # Terms that depend on the mentor only are added as one row vector per block.
-    per_mentor = share["experience"] * criteria.experience
-    pairwise = ["topics", "population", "geography"]
-    if criteria.network_is_uniform:
-        per_mentor = per_mentor + share["network"] * UNCONNECTED_SCORE
-    else:
-        pairwise.append("network")
-    pairwise = [name for name in pairwise if share[name] > 0]
+    best = np.full((n, max(0, shortlist)), -1, dtype=np.int_)
+    terms = _WeightedTerms.of(criteria, weights)
     step = _rows_per_block(m)
-    scratch = np.empty((min(step, n), m))
-    for start in range(0, n, step):
-        cells = _Cells(np.arange(start, min(start + step, n)))
-        out = total[start : start + cells.size]
-        out[:] = per_mentor
-        for name in pairwise:
-            part = criteria.compute(name, cells, scratch[: cells.size])
-            part *= share[name]
-            out += part
-        np.clip(out, 0.0, 1.0, out=out)
-    return ScoreMatrix(total=total, parts=_LazyParts(criteria), criteria=criteria)
+
+    def score_rows(first: int, stop: int) -> None:
+        scratch = np.empty((min(step, stop - first), m))
+        for start in range(first, stop, step):
+            rows = slice(start, min(start + step, stop))
+            out = total[rows]
+            terms.write(rows, out, scratch[: out.shape[0]])
+            if shortlist > 0:
+                best[rows] = _best_columns(
+                    out, None if feasible is None else feasible[rows], shortlist
+                )
+
+    workers = _worker_count(n * m)
+    if workers == 1:
+        score_rows(0, n)
+    else:
+        # More chunks than workers, so that a worker slowed by other load gets fewer.
+        chunk = max(step, -(-n // (4 * workers)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for done in [pool.submit(score_rows, a, min(a + chunk, n)) for a in range(0, n, chunk)]:
+                done.result()
+    return ScoreMatrix(total=total, parts=_LazyParts(criteria), criteria=criteria, shortlist=best)
 
 
-#: Cells per block of rows (256 KiB of float64): large enough to amortise Python overhead,
-#: small enough for a few such blocks to stay in the CPU's L2 cache.
-_BLOCK_CELLS = 1 << 15
+#: Cells per block of rows (512 KiB of float64): large enough to amortise Python overhead,
+#: small enough for the few such blocks of a worker to stay in the CPU's L2 cache.
+_BLOCK_CELLS = 1 << 16
+#: Matrices smaller than this are scored on one thread (threads cost more than they save).
+_THREADED_CELLS = 1 << 20
 
 
 def _rows_per_block(columns: int) -> int:
     return max(1, _BLOCK_CELLS // max(columns, 1))
+
+
+def _worker_count(cells: int) -> int:
+    if cells < _THREADED_CELLS:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def _best_columns(block: Matrix, feasible: NDArray[np.bool_] | None, k: int) -> NDArray[np.int_]:
+    """Per row of ``block`` its ``k`` best feasible columns, best first (ties by column);
+    -1 pads rows with fewer.
+
+    Selection by threshold, cheaper than a partition of every row: split each row into
+    ``_SHORTLIST_CHUNKS`` runs of columns and take the k-th largest of the runs' maxima. Those
+    k maxima are k distinct cells at least that high, so the row's k best are all at or above
+    it; only the few cells that reach it are sorted.
+    """
+    rows, m = block.shape
+    result = np.full((rows, k), -1, dtype=np.int_)
+    if k == 0 or m == 0 or rows == 0:
+        return result
+    key = block if feasible is None or feasible.all() else np.where(feasible, block, -np.inf)
+    run = m // _SHORTLIST_CHUNKS
+    if k <= _SHORTLIST_CHUNKS and run >= 2:
+        maxima = key[:, : run * _SHORTLIST_CHUNKS].reshape(rows, _SHORTLIST_CHUNKS, run)
+        maxima = maxima.max(axis=2)
+        threshold = np.partition(maxima, _SHORTLIST_CHUNKS - k, axis=1)[:, _SHORTLIST_CHUNKS - k]
+        cells = np.flatnonzero(key >= threshold[:, None])
+    else:
+        cells = np.arange(rows * m)
+    values = key.ravel()[cells]
+    cells, values = cells[values > -np.inf], values[values > -np.inf]
+    row, column = np.divmod(cells, m)
+    order = np.lexsort((column, -values, row))  # by row, then best first, then by column
+    row, column = row[order], column[order]
+    starts = np.searchsorted(row, np.arange(rows))
+    rank = np.arange(row.size) - starts[row]
+    keep = rank < k
+    result[row[keep], rank[keep]] = column[keep]
+    return result
+
+
+#: Runs of columns per row whose maxima give ``_best_columns`` its threshold.
+_SHORTLIST_CHUNKS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _WeightedTerms:
+    """The total score of a block of rows in as few numpy passes as possible.
+
+    Each criterion is folded into its weight: ``w * max(0, 1 - |d|)`` is written as
+    ``w - w * min(1, |d|)``, topic rows are pre-divided by the interest count and scaled, and
+    every term that does not depend on the row (experience, the constant parts of population
+    and geography, a uniform network score) is one row vector added once. Geography clamps the
+    haversine at the 600 km value before ``arcsin``, so no clip is needed after it. The
+    results equal ``_Criteria.compute`` to rounding (the tests check 1e-12).
+    """
+
+    criteria: _Criteria
+    share: dict[str, float]
+    base: Vector  # per mentor: everything that does not depend on the newcomer
+    wants: Matrix  # n x topics: interest indicator x topic weight / interest count
+    silent: Vector  # per newcomer: the topic term of a newcomer without interests, else 0
+    any_silent: bool
+    haversine_cap: float
+    everyone_located: bool
+
+    @staticmethod
+    def of(criteria: _Criteria, weights: Weights) -> _WeightedTerms:
+        share = weights.normalised()
+        base = share["experience"] * criteria.experience
+        base = base + share["population"] + share["geography"]
+        if criteria.network_is_uniform:
+            base = base + share["network"] * UNCONNECTED_SCORE
+        counts = criteria.interest_count
+        wants = criteria.wants * (share["topics"] / np.where(counts == 0, 1.0, counts))[:, None]
+        silent = np.where(counts == 0, share["topics"] * NO_INTERESTS_TOPIC_SCORE, 0.0)
+        cap = math.sin(GEOGRAPHY_ZERO_KM / (2.0 * EARTH_RADIUS_KM)) ** 2
+        located = bool(criteria.located_n.all() and criteria.located_m.all())
+        return _WeightedTerms(
+            criteria, share, np.asarray(base), wants, silent, bool(silent.any()), cap, located
+        )
+
+    def write(self, rows: slice, out: Matrix, scratch: Matrix) -> None:
+        """Total scores of newcomer ``rows`` against every mentor into ``out``."""
+        c, share = self.criteria, self.share
+        # One scratch block besides ``out``: the two stay in the CPU's L2 cache together.
+        if share["geography"] > 0:
+            self._geography(rows, out, scratch)
+            out += self.base
+        else:
+            out[:] = self.base
+        if share["population"] > 0:
+            # w - w * min(1, |log n - log m| / decades); the constant w is in ``base``.
+            np.subtract(c.log_size_n[rows, None], c.log_size_m[None, :], out=scratch)
+            np.abs(scratch, out=scratch)
+            np.clip(scratch, -np.inf, POPULATION_ZERO_DECADES, out=scratch)  # faster than minimum
+            scratch *= -share["population"] / POPULATION_ZERO_DECADES
+            out += scratch
+        if share["topics"] > 0:
+            np.matmul(self.wants[rows], c.offers, out=scratch)
+            np.clip(scratch, -np.inf, share["topics"], out=scratch)
+            out += scratch
+            if self.any_silent:
+                out += self.silent[rows, None]
+        if share["network"] > 0 and not c.network_is_uniform:
+            c.compute("network", _Cells(np.arange(rows.start, rows.stop)), scratch)
+            scratch *= share["network"]
+            out += scratch
+        np.clip(out, 0.0, 1.0, out=out)
+
+    def _geography(self, rows: slice, out: Matrix, lon: Matrix) -> None:
+        """``w * (geography - 1)`` (the constant ``w`` is in ``base``)."""
+        c, weight = self.criteria, self.share["geography"]
+        np.matmul(c.lat_n[rows], c.lat_m, out=out)
+        np.square(out, out=out)
+        np.matmul(c.lon_n[rows], c.lon_m, out=lon)
+        np.square(lon, out=lon)
+        out += lon  # the haversine of the central angle
+        np.clip(out, -np.inf, self.haversine_cap, out=out)  # 600 km or more all score 0
+        np.sqrt(out, out=out)
+        np.arcsin(out, out=out)
+        out *= -2.0 * EARTH_RADIUS_KM / GEOGRAPHY_ZERO_KM * weight
+        if self.everyone_located:
+            return
+        blind_rows = np.flatnonzero(~c.located_n[rows])
+        blind_cols = np.flatnonzero(~c.located_m)
+        everyone = np.arange(c.m)
+        for local in blind_rows.tolist():
+            out[local] = (c._regions(rows.start + local, everyone) - 1.0) * weight
+        if blind_cols.size:
+            block = np.arange(rows.start, rows.stop)[:, None]
+            out[:, blind_cols] = (c._regions(block, blind_cols[None, :]) - 1.0) * weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,27 +706,19 @@ class _Side:
 
     @staticmethod
     def of(members: Sequence[Member], codes: Mapping[str, int]) -> _Side:
-        rows = [
-            (
-                x.population,
-                x.lat if x.lat is not None and x.lon is not None else math.nan,
-                x.lon if x.lat is not None and x.lon is not None else math.nan,
-                x.joined.toordinal(),
-                codes[x.state],
-                codes[x.region],
-            )
-            for x in members
-        ]
-        table = np.array(rows, dtype=float).reshape(len(members), 6)
-        located = ~np.isnan(table[:, 1])
+        count = len(members)
+        # One pass per attribute: np.array turns a None coordinate into NaN.
+        lat = np.array([x.lat for x in members], dtype=float)
+        lon = np.array([x.lon for x in members], dtype=float)
+        located = ~(np.isnan(lat) | np.isnan(lon))
         return _Side(
-            population=table[:, 0],
-            lat=np.radians(np.where(located, table[:, 1], 0.0)),
-            lon=np.radians(np.where(located, table[:, 2], 0.0)),
+            population=np.fromiter((x.population for x in members), float, count),
+            lat=np.radians(np.where(located, lat, 0.0)),
+            lon=np.radians(np.where(located, lon, 0.0)),
             located=located,
-            joined=table[:, 3],
-            state=table[:, 4].astype(np.int64),
-            region=table[:, 5].astype(np.int64),
+            joined=np.fromiter((x.joined.toordinal() for x in members), float, count),
+            state=np.fromiter((codes[x.state] for x in members), np.int64, count),
+            region=np.fromiter((codes[x.region] for x in members), np.int64, count),
         )
 
     def half_angles(self, rows: bool) -> tuple[Matrix, Matrix]:
@@ -586,8 +735,9 @@ class _Side:
 
 
 def _indicator(topic_sets: Sequence[frozenset[str]], index: Mapping[str, int]) -> Matrix:
-    rows = [row for row, topics in enumerate(topic_sets) for _ in topics]
-    cols = [index[t] for topics in topic_sets for t in topics]
+    lengths = np.fromiter(map(len, topic_sets), np.int_, len(topic_sets))
+    rows = np.repeat(np.arange(len(topic_sets)), lengths)
+    cols = np.fromiter((index[t] for topics in topic_sets for t in topics), np.int_, rows.size)
     table = np.zeros((len(topic_sets), len(index)))
     table[rows, cols] = 1.0
     return table

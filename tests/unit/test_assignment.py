@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from contextlib import ExitStack
+from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -62,6 +65,22 @@ def shortlist_of(scores: NDArray[np.float64], feasible: NDArray[np.bool_], k: in
     return result
 
 
+#: The solver's paths, forced by its size limits: the whole problem dense (what small inputs
+#: take), candidate lists with a dense reduced problem, candidate lists with the sparse one.
+PATHS = {
+    "whole": {},
+    "lists, dense": {"_WHOLE_DENSE_CELLS": -1},
+    "lists, sparse": {"_WHOLE_DENSE_CELLS": -1, "_SMALL_REDUCED_CELLS": -1},
+}
+
+
+def solve_on_path(path: str, *args: Any) -> Ints:
+    with ExitStack() as stack:
+        for name, limit in PATHS[path].items():
+            stack.enter_context(patch.object(assignment, name, limit))
+        return solve_assignment(*args)
+
+
 @st.composite
 def instances(draw: st.DrawFn) -> tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints]:
     """Small random instances; scores on a 0.05 grid so that ties happen often."""
@@ -93,27 +112,29 @@ def test_solver_matches_brute_force_and_keeps_every_hard_constraint(
     instance: tuple[NDArray[np.float64], Ints, NDArray[np.bool_], Ints, Ints], listed: int
 ) -> None:
     # listed > 0: the first candidates come from a shortlist of that width, as the planner
-    # passes it; 0: from the solver's own pass over the matrix. The optimum is the same.
+    # passes it; 0: from the solver's own pass over the matrix. Every path finds the optimum.
     scores, capacity, feasible, incumbent, pinned = instance
     shortlist = shortlist_of(scores, feasible, listed) if listed else None
-    chosen = solve_assignment(scores, capacity, feasible, incumbent, pinned, shortlist)
-
-    rows = np.flatnonzero(chosen >= 0)
-    assert feasible[rows, chosen[rows]].all()
-    assert (np.bincount(chosen[rows], minlength=capacity.size) <= capacity).all()
-    assert (chosen[pinned >= 0] == pinned[pinned >= 0]).all()
-
-    matched, total = value(scores, chosen)
-    kept = int(((chosen == incumbent) & (chosen >= 0)).sum())
     best = brute_force(scores, capacity, feasible, incumbent, pinned)
-    assert (matched, round(total, 9)) == best[:2]
-    # Scores differ by at least 0.05 here, far above the tolerance: incumbents decide ties only.
-    assert kept == best[2]
+    for path in PATHS:
+        args = (scores, capacity, feasible, incumbent, pinned, shortlist)
+        chosen = solve_on_path(path, *args)
 
-    again = solve_assignment(
-        scores.copy(), capacity.copy(), feasible.copy(), incumbent, pinned, shortlist
-    )
-    assert (again == chosen).all()
+        rows = np.flatnonzero(chosen >= 0)
+        assert feasible[rows, chosen[rows]].all(), path
+        assert (np.bincount(chosen[rows], minlength=capacity.size) <= capacity).all(), path
+        assert (chosen[pinned >= 0] == pinned[pinned >= 0]).all(), path
+
+        matched, total = value(scores, chosen)
+        kept = int(((chosen == incumbent) & (chosen >= 0)).sum())
+        assert (matched, round(total, 9)) == best[:2], path
+        # Scores differ by at least 0.05 here, far above the tolerance: incumbents decide ties.
+        assert kept == best[2], path
+
+        again = solve_on_path(
+            path, scores.copy(), capacity.copy(), feasible.copy(), incumbent, pinned, shortlist
+        )
+        assert (again == chosen).all(), path
 
 
 @settings(max_examples=200, deadline=None)
@@ -145,10 +166,11 @@ def full_problem(
     return value(scores, chosen)
 
 
+@pytest.mark.parametrize("path", ["lists, dense", "lists, sparse"])
 @pytest.mark.parametrize("listed", [False, True])
 @pytest.mark.parametrize("first", [1, 2, 8])
 def test_column_reduction_is_exact_on_contested_instances(
-    monkeypatch: pytest.MonkeyPatch, first: int, listed: bool
+    monkeypatch: pytest.MonkeyPatch, first: int, listed: bool, path: str
 ) -> None:
     # Popular mentors (a column effect) make rows compete, so short candidate lists fail the
     # certificate and must grow; the optimum must still be the full problem's.
@@ -160,7 +182,7 @@ def test_column_reduction_is_exact_on_contested_instances(
         capacity = rng.integers(0, 3, m)
         feasible = rng.random((n, m)) < rng.uniform(0.2, 1.0)
         shortlist = shortlist_of(scores, feasible, first) if listed else None
-        chosen = solve_assignment(scores, capacity, feasible, none(n), none(n), shortlist)
+        chosen = solve_on_path(path, scores, capacity, feasible, none(n), none(n), shortlist)
         matched, total = value(scores, chosen)
         expected = full_problem(scores, capacity, feasible)
         assert matched == expected[0]

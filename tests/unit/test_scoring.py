@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.member import STATES
 from schemas.topics import TOPICS
+from services.matcher.domain import scoring
 from services.matcher.domain.explain import explain_pair, inhabitants
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.network import former_partners, tandem_graph
@@ -364,3 +365,72 @@ def test_inhabitants_are_rounded_for_reading() -> None:
     assert inhabitants(58_040) == "58.000"
     assert inhabitants(249_600) == "250.000"
     assert inhabitants(8_460) == "8.500"
+
+
+# --- the shortlist: each newcomer's best mentors, found without the whole float64 matrix ------
+
+
+def random_members(rng: np.random.Generator, prefix: str, count: int) -> list[Member]:
+    """Members with a wide spread (populations 1,000 to 5 million, coordinates anywhere, some
+    unknown) and duplicates, so that exact ties between mentors occur."""
+    states = sorted(STATES)
+    made: list[Member] = []
+    for k in range(count):
+        if made and rng.random() < 0.2:  # a twin of an earlier member: equal scores
+            twin = made[int(rng.integers(len(made)))]
+            made.append(member(f"{prefix}{k}", state=twin.state, population=twin.population,
+                               at=(twin.lat, twin.lon) if twin.lat is not None else None,
+                               joined=twin.joined, interests=twin.interests,
+                               strengths=twin.strengths))  # fmt: skip
+            continue
+        located = rng.random() < 0.9
+        made.append(
+            member(
+                f"{prefix}{k}",
+                state=states[int(rng.integers(len(states)))],
+                population=int(np.exp(rng.uniform(np.log(1_000), np.log(5_000_000)))),
+                at=(float(rng.uniform(-60, 70)), float(rng.uniform(-180, 180)))
+                if located
+                else None,
+                joined=dt.date(int(rng.integers(2010, 2024)), 1, 1),
+                interests=frozenset(rng.choice(TOPICS, int(rng.integers(0, 4)), replace=False)),
+                strengths=frozenset(rng.choice(TOPICS, int(rng.integers(0, 4)), replace=False)),
+            )
+        )
+    return made
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shortlist_from_float32_equals_the_exact_best_columns(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # Force the float32 path on a matrix small enough to check against the exact one.
+    monkeypatch.setattr(scoring, "_FLOAT32_CELLS", 0)
+    rng = np.random.default_rng(seed)
+    newcomers, mentors = random_members(rng, "n", 9), random_members(rng, "m", 400)
+    feasible = rng.random((len(newcomers), len(mentors))) < rng.uniform(0.05, 1.0)
+    weights = Weights(*rng.uniform(0.0, 1.0, 5)) if seed % 2 else DEFAULT_WEIGHTS
+    k = int(rng.integers(1, 20))
+    scores = score_matrix(newcomers, mentors, weights, TODAY, shortlist=k, feasible=feasible)
+    exact = score_matrix(newcomers, mentors, weights, TODAY).total
+    for i in range(len(newcomers)):
+        ranked = sorted(np.flatnonzero(feasible[i]).tolist(), key=lambda j: (-exact[i, j], j))
+        expected = ranked[:k] + [-1] * (k - len(ranked[:k]))
+        assert scores.shortlist[i].tolist() == expected
+        listed = scores.shortlist[i] >= 0
+        assert np.allclose(scores.shortlist_scores[i][listed], exact[i, ranked[:k]], atol=1e-12)
+        assert np.isnan(scores.shortlist_scores[i][~listed]).all()
+
+
+def test_rows_and_cells_equal_the_whole_matrix() -> None:
+    rng = np.random.default_rng(7)
+    newcomers, mentors = random_members(rng, "n", 5), random_members(rng, "m", 60)
+    lazy = score_matrix(newcomers, mentors, DEFAULT_WEIGHTS, TODAY)
+    rows = np.array([4, 0, 2])
+    assert np.allclose(
+        lazy.rows(rows),
+        score_matrix(newcomers, mentors, DEFAULT_WEIGHTS, TODAY).total[rows],
+        atol=1e-12,
+    )
+    cols = np.array([59, 3, 3])
+    assert np.allclose(lazy.cells(rows, cols), lazy.total[rows, cols], atol=1e-12)

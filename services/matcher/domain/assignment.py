@@ -46,6 +46,8 @@ instead of 2,000 x 17,000 columns, solved in a single round.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
@@ -61,6 +63,11 @@ CANDIDATE_GROWTH = 4
 #: Rows handled per numpy block while selecting candidates: keeps temporaries in the CPU cache
 #: instead of materialising further n x m arrays.
 _BLOCK_CELLS = 1 << 17
+#: Problems up to this many cells (free newcomers x free slots) are solved whole and dense:
+#: for them candidate lists and certificates cost more than they save.
+_WHOLE_DENSE_CELLS = 1 << 14
+#: Reduced problems up to this many cells are solved densely (less overhead than sparse).
+_SMALL_REDUCED_CELLS = 1 << 15
 #: Above this many dummy cells per listed cell the reduced problem is solved densely.
 _SPARSE_DUMMY_FACTOR = 4
 
@@ -68,8 +75,42 @@ IntArray = NDArray[np.int_]
 FloatArray = NDArray[np.float64]
 
 
+class ScoreSource(Protocol):
+    """Scores computed on demand (``scoring.ScoreMatrix``): the solver reads only a few rows
+    and cells of the n x m matrix, so it need never exist as a whole."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def rows(self, index: IntArray) -> FloatArray:
+        """The scores of the rows ``index`` against every mentor (a new array)."""
+        ...
+
+    def cells(self, rows: IntArray, cols: IntArray) -> FloatArray:
+        """The scores of the cells ``(rows[k], cols[k])``."""
+        ...
+
+
+class _Dense:
+    """A score matrix in memory as a ``ScoreSource``."""
+
+    def __init__(self, scores: FloatArray) -> None:
+        self.scores = scores
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, m = self.scores.shape
+        return n, m
+
+    def rows(self, index: IntArray) -> FloatArray:
+        return self.scores[index]
+
+    def cells(self, rows: IntArray, cols: IntArray) -> FloatArray:
+        return self.scores[rows, cols]
+
+
 def solve_assignment(
-    scores: FloatArray,
+    scores: FloatArray | ScoreSource,
     capacity: IntArray,
     feasible: NDArray[np.bool_],
     incumbent: IntArray,
@@ -78,20 +119,28 @@ def solve_assignment(
 ) -> IntArray:
     """Assign newcomers (rows) to mentors (columns); returns the mentor column or -1 per row.
 
-    ``scores``: n x m in [0, 1]. ``capacity``: m integers >= 0. ``feasible``: n x m booleans.
+    ``scores``: n x m in [0, 1], an array or a ``ScoreSource`` (then only the rows and cells
+    the solver reads are computed and checked). ``capacity``: m integers >= 0. ``feasible``:
+    n x m booleans.
     ``incumbent``: per row the column of its current pending mentor or -1. ``pinned``: per row
     the column it must get or -1. See the module docstring for objective, tie-breaking and the
     exact column reduction.
 
     ``shortlist`` (optional, n x k): per row its k best feasible columns by score, -1 where it
-    has fewer, as ``score_matrix(..., shortlist=k)`` lists them while scoring. The first
-    candidate lists are then taken from it instead of from a pass over the whole matrix, and
-    only the cells the solver reads are checked to lie in [0, 1].
+    has fewer, as ``score_matrix(..., shortlist=k)`` lists them. The first candidate lists are
+    then taken from it instead of from a pass over the whole matrix.
 
     Raises ``ValueError`` on inconsistent shapes or values, a pinned pair that is infeasible, or
     pins that exceed a mentor's capacity.
     """
-    n, m = _check_shapes(scores, capacity, feasible, incumbent, pinned)
+    if isinstance(scores, np.ndarray):
+        if scores.ndim != 2:
+            raise ValueError(
+                f"scores must be a 2-d array (newcomers x mentors), got {scores.shape}"
+            )
+        _check_scores(scores)
+        scores = _Dense(scores)
+    n, m = _check_shapes(scores.shape, capacity, feasible, incumbent, pinned)
     if shortlist is not None and (
         shortlist.ndim != 2
         or shortlist.shape[0] != n
@@ -102,12 +151,12 @@ def solve_assignment(
     remaining = _apply_pins(pinned, capacity, feasible, result)
     free = np.flatnonzero(pinned < 0)
     if free.size == 0 or m == 0 or not remaining.any():
-        _check_scores(scores)
         return result
     # Only mentors some waiting newcomer may have count (newcomers of the same year have
     # capacity too, but nobody can pair with them yet).
     usable = np.where(feasible[free].any(axis=0), remaining, 0)
-    if free.size > int(usable.sum()):
+    slots = int(usable.sum())
+    if free.size > slots or free.size * slots <= _WHOLE_DENSE_CELLS:
         result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)
         return result
     lists = _CandidateLists(scores, feasible, remaining, incumbent, free, shortlist)
@@ -122,24 +171,25 @@ def solve_assignment(
 
 
 def _solve_by_slots(
-    scores: FloatArray,
+    scores: ScoreSource,
     feasible: NDArray[np.bool_],
     remaining: IntArray,
     incumbent: IntArray,
     free: IntArray,
 ) -> IntArray:
-    """The same optimum when newcomers outnumber the free mentor slots (a burst of joins).
+    """The same optimum, directly on the whole problem: used when newcomers outnumber the free
+    mentor slots (a burst of joins) and when the problem is small.
 
-    Rows are the s free slots, columns the f newcomers (s < f), so every slot is assigned and
-    no "unassigned" columns are needed: one dense s x f ``linear_sum_assignment``. A feasible
-    pair is worth ``s + 1`` plus its score (plus the incumbent bonus), an infeasible one 0, so
-    the solver first maximises the number of feasible pairs (one more pair outweighs any loss
-    of score, which is at most s) and then the total score, exactly as the candidate-list path.
-    O(s^2 f) time and s x f memory.
+    One dense s x f ``linear_sum_assignment`` of the s free slots and the f newcomers: it
+    assigns min(s, f) pairs, so no "unassigned" columns are needed. A feasible pair is worth
+    ``s + 1`` plus its score (plus the incumbent bonus), an infeasible one 0 (meaning
+    unassigned), so the solver first maximises the number of feasible pairs (one more pair
+    outweighs any loss of score, which is at most min(s, f)) and then the total score, exactly
+    as the candidate-list path. O(min(s, f)^2 max(s, f)) time and s x f memory.
     """
-    _check_scores(scores)
     slot_mentor = np.repeat(np.arange(remaining.size), remaining)
-    sub_scores = scores[np.ix_(free, slot_mentor)]
+    sub_scores = scores.rows(free)[:, slot_mentor]
+    _check_scores(sub_scores)
     sub_feasible = feasible[np.ix_(free, slot_mentor)]
     value = sub_scores + (slot_mentor[None, :] == incumbent[free][:, None]) * INCUMBENT_TOLERANCE
     value += slot_mentor.size + 1.0
@@ -152,17 +202,15 @@ def _solve_by_slots(
 
 
 def _check_shapes(
-    scores: FloatArray,
+    shape: tuple[int, int],
     capacity: IntArray,
     feasible: NDArray[np.bool_],
     incumbent: IntArray,
     pinned: IntArray,
 ) -> tuple[int, int]:
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be a 2-d array (newcomers x mentors), got {scores.shape}")
-    n, m = scores.shape
+    n, m = shape
     if feasible.shape != (n, m):
-        raise ValueError(f"feasible has shape {feasible.shape}, scores {scores.shape}")
+        raise ValueError(f"feasible has shape {feasible.shape}, scores {shape}")
     if capacity.shape != (m,):
         raise ValueError(f"capacity must have one entry per mentor ({m}), got {capacity.shape}")
     for name, rows in (("incumbent", incumbent), ("pinned", pinned)):
@@ -210,7 +258,7 @@ class _CandidateLists:
 
     def __init__(
         self,
-        scores: FloatArray,
+        scores: ScoreSource,
         feasible: NDArray[np.bool_],
         remaining: IntArray,
         incumbent: IntArray,
@@ -247,7 +295,7 @@ class _CandidateLists:
         self.size = np.count_nonzero(listed, axis=1)
         rows = np.repeat(np.arange(self.free.size), self.size)
         cols = shortlist[listed]
-        raw = self.scores[self.free[rows], cols]
+        raw = self.scores.cells(self.free[rows], cols)
         _check_scores(raw)
         keys = raw + np.where(self.incumbent[self.free[rows]] == cols, INCUMBENT_TOLERANCE, 0.0)
         lowest = np.full(self.free.size, np.inf)
@@ -256,7 +304,7 @@ class _CandidateLists:
         held_cols = self.incumbent[self.free][held]
         usable = self.feasible[self.free[held], held_cols] & self.open[held_cols]
         held, held_cols = held[usable], held_cols[usable]
-        held_raw = self.scores[self.free[held], held_cols]
+        held_raw = self.scores.cells(self.free[held], held_cols)
         _check_scores(held_raw)
         missing = ~(shortlist[held] == held_cols[:, None]).any(axis=1)
         added = missing & (held_raw + INCUMBENT_TOLERANCE > lowest[held])
@@ -273,7 +321,7 @@ class _CandidateLists:
         for start in range(0, rows.size, step):
             block = rows[start : start + step]
             source = self.free[block]
-            key = self.scores[source]
+            key = self.scores.rows(source)
             _check_scores(key)
             usable = self.feasible[source] & self.open[None, :]
             np.copyto(key, -np.inf, where=~usable)
@@ -321,18 +369,21 @@ class _CandidateLists:
         slots = np.minimum(self.remaining[mentors], np.bincount(local))
         first = np.cumsum(slots) - slots
         real = int(slots.sum())
-        # Maximum matching first (Hopcroft-Karp): giving the solver exactly as many
-        # "unassigned" columns as rows that cannot all be matched forces every complete
-        # assignment to match as many rows as possible, so the solver only weighs scores.
         slot_rows, slot_cols = _cells_to_slots(row_of, first[local], slots[local])
-        links = csr_matrix(
-            (np.ones(slot_rows.size), (slot_rows, slot_cols)), shape=(active.size, real)
-        )
-        matchable = int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
         values = np.repeat(cell_keys, slots[local])
-        got_rows, got_cols = _min_cost_assignment(
-            slot_rows, slot_cols, values, active.size, real, active.size - matchable
-        )
+        if active.size * max(real, active.size) <= _SMALL_REDUCED_CELLS:
+            got_rows, got_cols = _small_assignment(slot_rows, slot_cols, values, active.size, real)
+        else:
+            # Maximum matching first (Hopcroft-Karp): giving the solver exactly as many
+            # "unassigned" columns as rows that cannot all be matched forces every complete
+            # assignment to match as many rows as possible, so the solver only weighs scores.
+            links = csr_matrix(
+                (np.ones(slot_rows.size), (slot_rows, slot_cols)), shape=(active.size, real)
+            )
+            matchable = int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
+            got_rows, got_cols = _min_cost_assignment(
+                slot_rows, slot_cols, values, active.size, real, active.size - matchable
+            )
         slot_owner = np.repeat(mentors, slots)
         matched = got_cols < real
         chosen[active[got_rows[matched]]] = slot_owner[got_cols[matched]]
@@ -351,6 +402,23 @@ class _CandidateLists:
         usable = np.count_nonzero(self.feasible[self.free[doubtful]] & self.open, axis=1)
         failing: IntArray = doubtful[lengths < usable]
         return failing
+
+
+def _small_assignment(
+    rows: IntArray, cols: IntArray, keys: FloatArray, n_rows: int, n_cols: int
+) -> tuple[IntArray, IntArray]:
+    """The reduced problem when it is small: one dense ``linear_sum_assignment``, no sparse
+    matrices. A listed cell is worth ``n_rows + 1`` plus its key, every other cell (and the
+    extra columns when rows outnumber columns) 0, meaning "unassigned": one more matched row
+    outweighs any difference of keys (each at most 1 plus the tie bonus), so the solver
+    matches as many rows as possible first and weighs keys among those, as the sparse path.
+    Returns rows and columns of the listed cells it chose.
+    """
+    value = np.zeros((n_rows, max(n_cols, n_rows)))
+    value[rows, cols] = keys + (n_rows + 1.0)
+    got_rows, got_cols = linear_sum_assignment(value, maximize=True)
+    real = value[got_rows, got_cols] > 0
+    return got_rows[real].astype(np.int_), got_cols[real].astype(np.int_)
 
 
 def _min_cost_assignment(

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import islice
 
 import networkx as nx
 import numpy as np
@@ -147,21 +148,19 @@ def plan_tandems(
     active = sorted((x for x in members if x.active), key=lambda x: x.id)
     mentors = [x for x in active if capacity_of[x.id] > 0]
     capacity = np.array([capacity_of[x.id] for x in mentors], dtype=np.int_)
-    feasible = _feasibility(newcomers, mentors, rejected | forbidden)
+    column = {x.id: j for j, x in enumerate(mentors)}
+    feasible = _feasibility(newcomers, mentors, column, rejected | forbidden)
     # Each newcomer's best feasible mentors are listed while scoring: the solver's first
     # candidates and the alternatives come from them, not from more passes over the matrix.
     scores = score_matrix(
         newcomers, mentors, weights, today, graph, shortlist=SHORTLIST, feasible=feasible
     )
-    column = {x.id: j for j, x in enumerate(mentors)}
     # Infeasible incumbents (e.g. the pair was since forbidden) get no bonus in the solver.
     incumbent = np.array([column.get(pending.get(x.id, ""), -1) for x in newcomers], dtype=np.int_)
     pins, dropped = _pins(
         newcomers, active, column, capacity, feasible, pinned, rejected | forbidden
     )
-    chosen = solve_assignment(
-        scores.total, capacity, feasible, incumbent, pins, shortlist=scores.shortlist
-    )
+    chosen = solve_assignment(scores, capacity, feasible, incumbent, pins, scores.shortlist)
 
     unmatched: dict[str, str] = {}
     years = np.sort([x.joined.year for x in active])
@@ -171,29 +170,25 @@ def plan_tandems(
             newcomers[row], years, mentor_years, feasible[row]
         )
     rows = np.flatnonzero(chosen >= 0)
-    others = _alternatives(scores.shortlist[rows], chosen[rows])
-    # Breakdowns of every planned and alternative pair in one vectorised call.
-    cell_rows = np.concatenate([rows, np.repeat(rows, ALTERNATIVES)])
-    cell_cols = np.concatenate([chosen[rows], others.ravel()])
-    listed = cell_cols >= 0
-    cell_rows, cell_cols = cell_rows[listed], cell_cols[listed]
+    # Per planned newcomer: its mentor, then its alternatives (-1 pads); their breakdowns in
+    # one vectorised call, in that order.
+    listed = np.column_stack([chosen[rows], _alternatives(scores.shortlist[rows], chosen[rows])])
+    cell_rows = np.repeat(rows, listed.shape[1]).reshape(listed.shape)[listed >= 0]
+    cell_cols = listed[listed >= 0]
     parts = scores.breakdowns(cell_rows, cell_cols)
-    columns = [parts[name].tolist() for name in CRITERIA]
-    found = {
-        cell: (total, dict(zip(CRITERIA, values, strict=True)))
-        for cell, total, values in zip(
-            zip(cell_rows.tolist(), cell_cols.tolist(), strict=True),
-            scores.total[cell_rows, cell_cols].tolist(),
-            zip(*columns, strict=True),
+    cells = iter(
+        zip(
+            cell_cols.tolist(),
+            scores.weighted(parts).tolist(),
+            _breakdown_dicts(parts),
             strict=True,
         )
-    }
+    )
     proposals = []
-    for i, j, alternatives in zip(
-        rows.tolist(), chosen[rows].tolist(), others.tolist(), strict=True
-    ):
+    extra = (np.count_nonzero(listed >= 0, axis=1) - 1).tolist()
+    for i, alternatives in zip(rows.tolist(), extra, strict=True):
+        j, score, breakdown = next(cells)
         newcomer, mentor = newcomers[i], mentors[j]
-        score, breakdown = found[(i, j)]
         proposals.append(
             PlannedProposal(
                 newcomer_id=newcomer.id,
@@ -202,7 +197,8 @@ def plan_tandems(
                 breakdown=breakdown,
                 reasons=explain_pair(newcomer, mentor, breakdown, weights),
                 alternatives=tuple(
-                    Alternative(mentors[k].id, *found[(i, k)]) for k in alternatives if k >= 0
+                    Alternative(mentors[k].id, value, parts_of)
+                    for k, value, parts_of in islice(cells, alternatives)
                 ),
                 pinned=bool(pins[i] >= 0),
             )
@@ -210,16 +206,28 @@ def plan_tandems(
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
 
 
+def _breakdown_dicts(parts: Mapping[str, NDArray[np.float64]]) -> list[dict[str, float]]:
+    """One ``{criterion: score}`` dict per cell (a literal is the fastest way to build many)."""
+    topics, population, geography, experience, network = CRITERIA
+    return [
+        {topics: a, population: b, geography: c, experience: d, network: e}
+        for a, b, c, d, e in zip(*(parts[name].tolist() for name in CRITERIA), strict=True)
+    ]
+
+
 def _feasibility(
-    newcomers: Sequence[Member], mentors: Sequence[Member], excluded: set[Pair]
+    newcomers: Sequence[Member],
+    mentors: Sequence[Member],
+    column: Mapping[str, int],
+    excluded: set[Pair],
 ) -> NDArray[np.bool_]:
     """Eligible pairs: mentor joined in an earlier calendar year, not the newcomer itself, and
-    the pair not rejected or forbidden (mentors without free capacity are not columns)."""
-    year_n = np.array([x.joined.year for x in newcomers])
-    year_m = np.array([x.joined.year for x in mentors])
+    the pair not rejected or forbidden (mentors without free capacity are not columns).
+    ``column``: mentor id -> its column."""
+    year_n = np.fromiter((x.joined.year for x in newcomers), np.int_, len(newcomers))
+    year_m = np.fromiter((x.joined.year for x in mentors), np.int_, len(mentors))
     feasible: NDArray[np.bool_] = year_m[None, :] < year_n[:, None]
     row = {x.id: i for i, x in enumerate(newcomers)}
-    column = {x.id: j for j, x in enumerate(mentors)}
     for newcomer_id, mentor_id in excluded:
         if newcomer_id in row and mentor_id in column:
             feasible[row[newcomer_id], column[mentor_id]] = False

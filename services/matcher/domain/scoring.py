@@ -25,9 +25,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -143,20 +145,69 @@ class PairScore:
     breakdown: dict[str, float]
 
 
-@dataclass(frozen=True, slots=True)
 class ScoreMatrix:
-    """Scores of all newcomers (rows) against all mentors (columns).
+    """Scores of all newcomers (rows) against all mentors (columns), computed on demand.
 
-    ``total`` is an n x m float64 array in [0, 1]. ``parts`` maps each criterion to its n x m
-    array, computed on first access (read-only; uniform parts are broadcast views): most
-    callers only need the total and a few cells, see ``breakdowns``.
+    ``total`` is the n x m float64 array in [0, 1], computed on first access; ``rows`` and
+    ``cells`` give parts of it without the whole (the planner never needs the whole).
+    ``parts`` maps each criterion to its n x m array, also on first access (read-only; uniform
+    parts are broadcast views); ``breakdowns`` gives the criteria of a few cells.
+    ``shortlist`` is n x k: per row its k best feasible columns (see ``score_matrix``), -1
+    where a row has fewer; ``shortlist_scores`` their totals (NaN where -1).
     """
 
-    total: Matrix
-    parts: Mapping[str, Matrix]
-    criteria: _Criteria = field(repr=False)  # feature arrays behind parts and breakdowns
-    #: Per row its best feasible columns, best first (see ``score_matrix``); n x 0 if not asked.
-    shortlist: NDArray[np.int_] = field(default_factory=lambda: np.empty((0, 0), dtype=np.int_))
+    def __init__(self, criteria: _Criteria, weights: Weights) -> None:
+        self.criteria = criteria
+        self.weights = weights
+        self.parts: Mapping[str, Matrix] = _LazyParts(criteria)
+        self.shortlist: NDArray[np.int_] = np.full((criteria.n, 0), -1, dtype=np.int_)
+        self.shortlist_scores: Matrix = np.empty((criteria.n, 0))
+        self._exact = _WeightedTerms.of(criteria, weights, np.float64)
+        self._total: Matrix | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(newcomers, mentors)."""
+        return self.criteria.n, self.criteria.m
+
+    @property
+    def total(self) -> Matrix:
+        """All totals (n x m float64, in [0, 1]); computed once, on first access."""
+        if self._total is None:
+            n, m = self.shape
+            total = np.empty((n, m))
+            self._exact.score_blocks(total, lambda rows, out: None)
+            self._total = total
+        return self._total
+
+    def rows(self, index: NDArray[np.int_]) -> Matrix:
+        """The totals of the rows ``index`` against every mentor (len(index) x m)."""
+        index = np.asarray(index, dtype=np.int_)
+        if self._total is not None:
+            return self._total[index]
+        out = np.empty((index.size, self.criteria.m))
+        step = _rows_per_block(self.criteria.m)
+        scratch = np.empty((min(step, index.size), self.criteria.m))
+        for start in range(0, index.size, step):
+            block = out[start : start + step]
+            self._exact.write(index[start : start + step], block, scratch[: block.shape[0]])
+        return out
+
+    def cells(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> Vector:
+        """The totals of the cells ``(rows[k], cols[k])``: the weighted sum of their criteria,
+        as ``breakdowns`` reports them."""
+        if self._total is not None:
+            return self._total[rows, cols]
+        return self.weighted(self.breakdowns(rows, cols))
+
+    def weighted(self, parts: Mapping[str, Vector]) -> Vector:
+        """Totals from per-criterion scores (as ``breakdowns`` returns them)."""
+        share = self._exact.share
+        total = np.zeros(len(parts[CRITERIA[0]]))
+        for name in CRITERIA:
+            if share[name] > 0:
+                total += share[name] * parts[name]
+        return np.clip(total, 0.0, 1.0, out=total)
 
     def breakdowns(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> dict[str, Vector]:
         """Per-criterion scores of the cells ``(rows[k], cols[k])``, without full parts."""
@@ -269,45 +320,45 @@ def score_matrix(
 ) -> ScoreMatrix:
     """Score every newcomer (row) against every mentor (column), vectorised.
 
-    Per-member feature arrays are built once (O(n + m)); the n x m work is numpy arithmetic
-    and small matrix products, done in blocks of rows so that temporaries stay in the CPU
-    cache and only ``total`` is written to memory. Large matrices are split between the CPU
-    cores (numpy releases the GIL in its loops), see ``_worker_count``.
+    Per-member feature arrays are built once (O(n + m)); the n x m work is numpy arithmetic in
+    blocks of rows that stay in the CPU cache, split between the CPU cores (numpy releases the
+    GIL in its loops). The totals themselves are computed when asked (``ScoreMatrix``).
 
-    ``shortlist`` > 0 also lists each row's ``shortlist`` best columns while the block is still
-    in the cache (``ScoreMatrix.shortlist``): best first, equal scores by column, only cells
-    where ``feasible`` (n x m booleans; all cells when ``None``) holds, -1 where a row has fewer.
+    ``shortlist`` > 0 lists each row's ``shortlist`` best columns (``ScoreMatrix.shortlist``):
+    best first, equal scores by column, only cells where ``feasible`` (n x m booleans; all
+    cells when ``None``) holds, -1 where a row has fewer. On large matrices this needs no
+    float64 matrix at all: a float32 pass over the blocks finds, per row, every cell that can
+    be among the best (``_FLOAT32_MARGIN``), and only those cells are scored exactly.
     """
     criteria = _Criteria.of(newcomers, mentors, today, graph)
     n, m = len(newcomers), len(mentors)
     if feasible is not None and feasible.shape != (n, m):
         raise ValueError(f"feasible has shape {feasible.shape}, expected {(n, m)}")
-    total = np.empty((n, m))
-    best = np.full((n, max(0, shortlist)), -1, dtype=np.int_)
-    terms = _WeightedTerms.of(criteria, weights)
-    step = _rows_per_block(m)
+    scores = ScoreMatrix(criteria, weights)
+    if shortlist <= 0:
+        return scores
+    if n * m < _FLOAT32_CELLS:
+        # Small: the exact matrix is cheap, select from it directly.
+        best = np.full((n, shortlist), -1, dtype=np.int_)
 
-    def score_rows(first: int, stop: int) -> None:
-        scratch = np.empty((min(step, stop - first), m))
-        for start in range(first, stop, step):
-            rows = slice(start, min(start + step, stop))
-            out = total[rows]
-            terms.write(rows, out, scratch[: out.shape[0]])
-            if shortlist > 0:
-                best[rows] = _best_columns(
-                    out, None if feasible is None else feasible[rows], shortlist
-                )
+        def select(rows: slice, out: Matrix) -> None:
+            best[rows] = _best_columns(out, None if feasible is None else feasible[rows], shortlist)
 
-    workers = _worker_count(n * m)
-    if workers == 1:
-        score_rows(0, n)
+        scores._total = np.empty((n, m))
+        scores._exact.score_blocks(scores._total, select)
+        scores.shortlist = best
     else:
-        # More chunks than workers, so that a worker slowed by other load gets fewer.
-        chunk = max(step, -(-n // (4 * workers)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for done in [pool.submit(score_rows, a, min(a + chunk, n)) for a in range(0, n, chunk)]:
-                done.result()
-    return ScoreMatrix(total=total, parts=_LazyParts(criteria), criteria=criteria, shortlist=best)
+        rows, cols = _shortlist_candidates(criteria, weights, feasible, shortlist)
+        scores.shortlist, scores.shortlist_scores = _rank_cells(
+            rows, cols, scores.cells(rows, cols), n, shortlist
+        )
+        return scores
+    listed = scores.shortlist >= 0
+    values = np.full(scores.shortlist.shape, np.nan)
+    row_of = np.repeat(np.arange(n), np.count_nonzero(listed, axis=1))
+    values[listed] = scores.cells(row_of, scores.shortlist[listed])
+    scores.shortlist_scores = values
+    return scores
 
 
 #: Cells per block of rows (512 KiB of float64): large enough to amortise Python overhead,
@@ -315,10 +366,18 @@ def score_matrix(
 _BLOCK_CELLS = 1 << 16
 #: Matrices smaller than this are scored on one thread (threads cost more than they save).
 _THREADED_CELLS = 1 << 20
+#: From this size the shortlist is found with a float32 pass (see ``_shortlist_candidates``).
+_FLOAT32_CELLS = 1 << 18
+#: How far below a row's k-th best float32 score a cell may lie and still be among its k best
+#: in float64. The float32 totals differ from the exact ones by less than 3e-6: inputs are
+#: rounded to float32 (relative 6e-8), the haversine terms lose at most ~5e-8 absolute to
+#: cancellation (about 2e-3 km, 4e-6 of the geography score before its weight), and the few
+#: sums and products add a few 1e-7. Twice a bound of 5e-5 leaves a wide safety factor.
+_FLOAT32_MARGIN = 1e-4
 
 
-def _rows_per_block(columns: int) -> int:
-    return max(1, _BLOCK_CELLS // max(columns, 1))
+def _rows_per_block(columns: int, itemsize: int = 8) -> int:
+    return max(1, _BLOCK_CELLS * 8 // itemsize // max(columns, 1))
 
 
 def _worker_count(cells: int) -> int:
@@ -331,6 +390,92 @@ def _worker_count(cells: int) -> int:
     return max(1, min(cores, 4))
 
 
+def _in_threads(rows: int, step: int, work: Callable[[int, int], None], cells: int) -> None:
+    """Run ``work(first, stop)`` over row ranges, on several cores when ``cells`` is large."""
+    workers = _worker_count(cells)
+    if workers == 1:
+        work(0, rows)
+        return
+    # More chunks than workers, so that a worker slowed by other load gets fewer.
+    chunk = max(step, -(-rows // (4 * workers)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done in [pool.submit(work, a, min(a + chunk, rows)) for a in range(0, rows, chunk)]:
+            done.result()
+
+
+def _shortlist_candidates(
+    criteria: _Criteria, weights: Weights, feasible: NDArray[np.bool_] | None, k: int
+) -> tuple[NDArray[np.int_], NDArray[np.int_]]:
+    """Cells (rows, cols) that include every row's k best feasible cells, found in float32.
+
+    Per row the threshold ``t`` is the k-th largest of the maxima of ``_SHORTLIST_CHUNKS``
+    runs of columns (float32): k cells score at least ``t`` in float32, so at least
+    ``t - margin/2`` exactly, so the k-th best exact score is at least that, and every cell
+    among the k best scores at least ``t - margin`` in float32. Those cells are the
+    candidates: a few more than k per row.
+    """
+    n, m = criteria.n, criteria.m
+    fast = _WeightedTerms.of(criteria, weights, np.float32)
+    step = _rows_per_block(m, itemsize=4)
+    found_rows: list[NDArray[np.int_]] = []
+    found_cols: list[NDArray[np.int_]] = []
+
+    def work(first: int, stop: int) -> None:
+        out = np.empty((min(step, stop - first), m), dtype=np.float32)
+        scratch = np.empty_like(out)
+        for start in range(first, stop, step):
+            index = np.arange(start, min(start + step, stop))
+            block = out[: index.size]
+            fast.write(index, block, scratch[: index.size], clip=False)
+            usable = None if feasible is None else feasible[start : start + index.size]
+            cells = _above_threshold(block, usable, k, _FLOAT32_MARGIN)
+            row, col = np.divmod(cells, m)
+            found_rows.append(row + start)  # list.append is atomic under the GIL
+            found_cols.append(col)
+
+    _in_threads(n, step, work, n * m)
+    if not found_rows:
+        return np.empty(0, dtype=np.int_), np.empty(0, dtype=np.int_)
+    return np.concatenate(found_rows), np.concatenate(found_cols)
+
+
+def _above_threshold(
+    block: NDArray[np.floating[Any]], feasible: NDArray[np.bool_] | None, k: int, margin: float
+) -> NDArray[np.int_]:
+    """Flat indices of the feasible cells of ``block`` that reach their row's threshold
+    (the k-th largest of the runs' maxima) minus ``margin``; all feasible cells when a row
+    is too short for runs."""
+    rows, m = block.shape
+    key = block if feasible is None or feasible.all() else np.where(feasible, block, -np.inf)
+    run = m // _SHORTLIST_CHUNKS
+    if k <= _SHORTLIST_CHUNKS and run >= 2:
+        maxima = key[:, : run * _SHORTLIST_CHUNKS].reshape(rows, _SHORTLIST_CHUNKS, run)
+        maxima = maxima.max(axis=2)
+        threshold = np.partition(maxima, _SHORTLIST_CHUNKS - k, axis=1)[:, _SHORTLIST_CHUNKS - k]
+        cells = np.flatnonzero(key >= (threshold - margin)[:, None])
+    else:
+        cells = np.arange(rows * m)
+    finite: NDArray[np.int_] = cells[key.ravel()[cells] > -np.inf]
+    return finite
+
+
+def _rank_cells(
+    rows: NDArray[np.int_], cols: NDArray[np.int_], values: Vector, n: int, k: int
+) -> tuple[NDArray[np.int_], Matrix]:
+    """Per row its k best cells among the given ones, best first (ties by column), and their
+    values; -1 and NaN pad."""
+    best = np.full((n, k), -1, dtype=np.int_)
+    best_values = np.full((n, k), np.nan)
+    order = np.lexsort((cols, -values, rows))  # by row, then best first, then by column
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(rows.size) - starts[rows]
+    keep = rank < k
+    best[rows[keep], rank[keep]] = cols[keep]
+    best_values[rows[keep], rank[keep]] = values[keep]
+    return best, best_values
+
+
 def _best_columns(block: Matrix, feasible: NDArray[np.bool_] | None, k: int) -> NDArray[np.int_]:
     """Per row of ``block`` its ``k`` best feasible columns, best first (ties by column);
     -1 pads rows with fewer.
@@ -341,74 +486,113 @@ def _best_columns(block: Matrix, feasible: NDArray[np.bool_] | None, k: int) -> 
     it; only the few cells that reach it are sorted.
     """
     rows, m = block.shape
-    result = np.full((rows, k), -1, dtype=np.int_)
     if k == 0 or m == 0 or rows == 0:
-        return result
-    key = block if feasible is None or feasible.all() else np.where(feasible, block, -np.inf)
-    run = m // _SHORTLIST_CHUNKS
-    if k <= _SHORTLIST_CHUNKS and run >= 2:
-        maxima = key[:, : run * _SHORTLIST_CHUNKS].reshape(rows, _SHORTLIST_CHUNKS, run)
-        maxima = maxima.max(axis=2)
-        threshold = np.partition(maxima, _SHORTLIST_CHUNKS - k, axis=1)[:, _SHORTLIST_CHUNKS - k]
-        cells = np.flatnonzero(key >= threshold[:, None])
-    else:
-        cells = np.arange(rows * m)
-    values = key.ravel()[cells]
-    cells, values = cells[values > -np.inf], values[values > -np.inf]
+        return np.full((rows, k), -1, dtype=np.int_)
+    if m < 8 * _SHORTLIST_CHUNKS:  # short rows: sort them whole (stable: ties by column)
+        key = block if feasible is None else np.where(feasible, block, -np.inf)
+        order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+        best = np.where(np.take_along_axis(key, order, axis=1) > -np.inf, order, -1)
+        if best.shape[1] < k:
+            best = np.hstack([best, np.full((rows, k - best.shape[1]), -1, dtype=np.int_)])
+        return best.astype(np.int_, copy=False)
+    cells = _above_threshold(block, feasible, k, 0.0)
     row, column = np.divmod(cells, m)
-    order = np.lexsort((column, -values, row))  # by row, then best first, then by column
-    row, column = row[order], column[order]
-    starts = np.searchsorted(row, np.arange(rows))
-    rank = np.arange(row.size) - starts[row]
-    keep = rank < k
-    result[row[keep], rank[keep]] = column[keep]
-    return result
+    return _rank_cells(row, column, block.ravel()[cells], rows, k)[0]
 
 
-#: Runs of columns per row whose maxima give ``_best_columns`` its threshold.
+#: Runs of columns per row whose maxima give the shortlist its threshold.
 _SHORTLIST_CHUNKS = 64
 
 
 @dataclass(frozen=True, slots=True)
 class _WeightedTerms:
-    """The total score of a block of rows in as few numpy passes as possible.
+    """The total score of a block of rows in as few numpy passes as possible, in float64
+    (exact) or float32 (to find the shortlist's candidates).
 
     Each criterion is folded into its weight: ``w * max(0, 1 - |d|)`` is written as
-    ``w - w * min(1, |d|)``, topic rows are pre-divided by the interest count and scaled, and
-    every term that does not depend on the row (experience, the constant parts of population
-    and geography, a uniform network score) is one row vector added once. Geography clamps the
-    haversine at the 600 km value before ``arcsin``, so no clip is needed after it. The
-    results equal ``_Criteria.compute`` to rounding (the tests check 1e-12).
+    ``w - w * min(1, |d|)``; the topic score of a row is the sum of the mentors' offer rows
+    of its interests, pre-scaled by weight / interest count; every term that does not depend
+    on the row (experience, the constant parts of population and geography, a uniform network
+    score) is one row vector added once. Geography clamps the haversine at the 600 km value
+    before ``arcsin``, so no clip is needed after it. In float64 the results equal
+    ``_Criteria.compute`` to rounding (the tests check 1e-12).
     """
 
     criteria: _Criteria
     share: dict[str, float]
-    base: Vector  # per mentor: everything that does not depend on the newcomer
-    wants: Matrix  # n x topics: interest indicator x topic weight / interest count
-    silent: Vector  # per newcomer: the topic term of a newcomer without interests, else 0
+    dtype: type[np.floating[Any]]
+    base: NDArray[np.floating[Any]]  # per mentor: all that does not depend on the newcomer
+    log_size_n: NDArray[np.floating[Any]]
+    log_size_m: NDArray[np.floating[Any]]
+    lat_n: NDArray[np.floating[Any]]
+    lat_m: NDArray[np.floating[Any]]
+    lon_n: NDArray[np.floating[Any]]
+    lon_m: NDArray[np.floating[Any]]
+    interests: list[list[int]]  # per newcomer: its topic rows
+    offers: dict[int, NDArray[np.floating[Any]]]  # interest count -> topics x m, scaled
+    silent: NDArray[np.floating[Any]]  # per newcomer: topic term without interests, else 0
     any_silent: bool
     haversine_cap: float
     everyone_located: bool
 
     @staticmethod
-    def of(criteria: _Criteria, weights: Weights) -> _WeightedTerms:
-        share = weights.normalised()
-        base = share["experience"] * criteria.experience
-        base = base + share["population"] + share["geography"]
-        if criteria.network_is_uniform:
+    def of(criteria: _Criteria, weights: Weights, dtype: type[np.floating[Any]]) -> _WeightedTerms:
+        c, share = criteria, weights.normalised()
+        base = share["experience"] * c.experience + share["population"] + share["geography"]
+        if c.network_is_uniform:
             base = base + share["network"] * UNCONNECTED_SCORE
-        counts = criteria.interest_count
-        wants = criteria.wants * (share["topics"] / np.where(counts == 0, 1.0, counts))[:, None]
+        counts = c.interest_count.astype(np.int_)
+        interests = c.wanted
+        offers = {
+            int(count): (c.offers * (share["topics"] / count)).astype(dtype)
+            for count in np.unique(counts[counts > 0])
+        }
         silent = np.where(counts == 0, share["topics"] * NO_INTERESTS_TOPIC_SCORE, 0.0)
         cap = math.sin(GEOGRAPHY_ZERO_KM / (2.0 * EARTH_RADIUS_KM)) ** 2
-        located = bool(criteria.located_n.all() and criteria.located_m.all())
         return _WeightedTerms(
-            criteria, share, np.asarray(base), wants, silent, bool(silent.any()), cap, located
+            criteria=c,
+            share=share,
+            dtype=dtype,
+            base=np.asarray(base, dtype=dtype),
+            log_size_n=c.log_size_n.astype(dtype),
+            log_size_m=c.log_size_m.astype(dtype),
+            lat_n=c.lat_n.astype(dtype),
+            lat_m=c.lat_m.astype(dtype),
+            lon_n=c.lon_n.astype(dtype),
+            lon_m=c.lon_m.astype(dtype),
+            interests=interests,
+            offers=offers,
+            silent=silent.astype(dtype),
+            any_silent=bool(silent.any()),
+            haversine_cap=cap,
+            everyone_located=bool(c.located_n.all() and c.located_m.all()),
         )
 
-    def write(self, rows: slice, out: Matrix, scratch: Matrix) -> None:
+    def score_blocks(self, total: Matrix, each: Callable[[slice, Matrix], None]) -> None:
+        """Write every row's totals into ``total`` (n x m), calling ``each(rows, block)`` while
+        the block is still in the cache."""
+        n, m = total.shape
+        step = _rows_per_block(m)
+
+        def work(first: int, stop: int) -> None:
+            scratch = np.empty((min(step, stop - first), m))
+            for start in range(first, stop, step):
+                rows = slice(start, min(start + step, stop))
+                out = total[rows]
+                self.write(np.arange(rows.start, rows.stop), out, scratch[: out.shape[0]])
+                each(rows, out)
+
+        _in_threads(n, step, work, n * m)
+
+    def write(
+        self,
+        rows: NDArray[np.int_],
+        out: NDArray[np.floating[Any]],
+        scratch: NDArray[np.floating[Any]],
+        clip: bool = True,
+    ) -> None:
         """Total scores of newcomer ``rows`` against every mentor into ``out``."""
-        c, share = self.criteria, self.share
+        share = self.share
         # One scratch block besides ``out``: the two stay in the CPU's L2 cache together.
         if share["geography"] > 0:
             self._geography(rows, out, scratch)
@@ -417,45 +601,73 @@ class _WeightedTerms:
             out[:] = self.base
         if share["population"] > 0:
             # w - w * min(1, |log n - log m| / decades); the constant w is in ``base``.
-            np.subtract(c.log_size_n[rows, None], c.log_size_m[None, :], out=scratch)
+            np.subtract(self.log_size_n[rows, None], self.log_size_m[None, :], out=scratch)
             np.abs(scratch, out=scratch)
             np.clip(scratch, -np.inf, POPULATION_ZERO_DECADES, out=scratch)  # faster than minimum
-            scratch *= -share["population"] / POPULATION_ZERO_DECADES
+            scratch *= self.dtype(-share["population"] / POPULATION_ZERO_DECADES)
             out += scratch
         if share["topics"] > 0:
-            np.matmul(self.wants[rows], c.offers, out=scratch)
-            np.clip(scratch, -np.inf, share["topics"], out=scratch)
-            out += scratch
-            if self.any_silent:
-                out += self.silent[rows, None]
-        if share["network"] > 0 and not c.network_is_uniform:
-            c.compute("network", _Cells(np.arange(rows.start, rows.stop)), scratch)
-            scratch *= share["network"]
-            out += scratch
-        np.clip(out, 0.0, 1.0, out=out)
+            self._topics(rows, out, scratch)
+        if share["network"] > 0 and not self.criteria.network_is_uniform:
+            exact = np.empty(scratch.shape)
+            self.criteria.compute("network", _Cells(rows), exact)
+            exact *= share["network"]
+            out += exact
+        if clip:
+            np.clip(out, 0.0, 1.0, out=out)
 
-    def _geography(self, rows: slice, out: Matrix, lon: Matrix) -> None:
+    def _topics(
+        self,
+        rows: NDArray[np.int_],
+        out: NDArray[np.floating[Any]],
+        scratch: NDArray[np.floating[Any]],
+    ) -> None:
+        """Add ``w * min(1, offered / interests)``: per row the sum of 1 to a few offer rows
+        (cheaper than a matrix product with the whole topic vocabulary)."""
+        for local, row in enumerate(rows.tolist()):
+            wanted = self.interests[row]
+            if not wanted:
+                scratch[local] = 0.0
+                continue
+            offers = self.offers[len(wanted)]
+            if len(wanted) == 1:
+                scratch[local] = offers[wanted[0]]
+                continue
+            target = scratch[local]
+            np.add(offers[wanted[0]], offers[wanted[1]], out=target)
+            for topic in wanted[2:]:
+                target += offers[topic]
+        np.clip(scratch, -np.inf, self.share["topics"], out=scratch)
+        out += scratch
+        if self.any_silent:
+            out += self.silent[rows, None]
+
+    def _geography(
+        self,
+        rows: NDArray[np.int_],
+        out: NDArray[np.floating[Any]],
+        lon: NDArray[np.floating[Any]],
+    ) -> None:
         """``w * (geography - 1)`` (the constant ``w`` is in ``base``)."""
         c, weight = self.criteria, self.share["geography"]
-        np.matmul(c.lat_n[rows], c.lat_m, out=out)
+        np.matmul(self.lat_n[rows], self.lat_m, out=out)
         np.square(out, out=out)
-        np.matmul(c.lon_n[rows], c.lon_m, out=lon)
+        np.matmul(self.lon_n[rows], self.lon_m, out=lon)
         np.square(lon, out=lon)
         out += lon  # the haversine of the central angle
         np.clip(out, -np.inf, self.haversine_cap, out=out)  # 600 km or more all score 0
         np.sqrt(out, out=out)
         np.arcsin(out, out=out)
-        out *= -2.0 * EARTH_RADIUS_KM / GEOGRAPHY_ZERO_KM * weight
+        out *= self.dtype(-2.0 * EARTH_RADIUS_KM / GEOGRAPHY_ZERO_KM * weight)
         if self.everyone_located:
             return
         blind_rows = np.flatnonzero(~c.located_n[rows])
         blind_cols = np.flatnonzero(~c.located_m)
         everyone = np.arange(c.m)
         for local in blind_rows.tolist():
-            out[local] = (c._regions(rows.start + local, everyone) - 1.0) * weight
+            out[local] = (c._regions(int(rows[local]), everyone) - 1.0) * weight
         if blind_cols.size:
-            block = np.arange(rows.start, rows.stop)[:, None]
-            out[:, blind_cols] = (c._regions(block, blind_cols[None, :]) - 1.0) * weight
+            out[:, blind_cols] = (c._regions(rows[:, None], blind_cols[None, :]) - 1.0) * weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,6 +741,7 @@ class _Criteria:
     region_n: NDArray[np.int64]
     region_m: NDArray[np.int64]
     wants: Matrix  # n x topics: 1 where the newcomer is interested
+    wanted: list[list[int]]  # per newcomer: the topic columns of its interests
     offers: Matrix  # topics x m: 1 per strength plus the shared-interest credit per interest
     interest_count: Vector
     experience: Vector
@@ -544,30 +757,20 @@ class _Criteria:
         today: dt.date,
         graph: nx.Graph | None,
     ) -> _Criteria:
-        everyone = [*newcomers, *mentors]
-        topics = sorted(
-            set().union(*(x.interests for x in everyone), *(x.strengths for x in everyone))
-        )
-        index = {t: k for k, t in enumerate(topics)}
-        codes = {
-            s: k
-            for k, s in enumerate(
-                sorted({x.state for x in everyone} | {x.region for x in everyone})
-            )
-        }
-        wants = _indicator([x.interests for x in newcomers], index)
-        offers = _indicator([x.strengths for x in mentors], index)
-        offers += SHARED_INTEREST_CREDIT * _indicator([x.interests for x in mentors], index)
-        side_n, side_m = _Side.of(newcomers, codes), _Side.of(mentors, codes)
-        lat_n, lon_n = side_n.half_angles(rows=True)
-        lat_m, lon_m = side_m.half_angles(rows=False)
+        side_n, side_m = _side_of(newcomers), _side_of(mentors)
+        width = len(_TOPICS)
+        wants = side_n.topics(side_n.interests, width)
+        offers = side_m.topics(side_m.strengths, width)
+        offers += SHARED_INTEREST_CREDIT * side_m.topics(side_m.interests, width)
+        lat_n, lon_n = side_n.row_angles
+        lat_m, lon_m = side_m.column_angles
         component_n, component_m, close = _network_features(newcomers, mentors, graph)
         years = (today.toordinal() - side_m.joined) / 365.25
         return _Criteria(
             n=len(newcomers),
             m=len(mentors),
-            log_size_n=np.log10(side_n.population),
-            log_size_m=np.log10(side_m.population),
+            log_size_n=side_n.log_size,
+            log_size_m=side_m.log_size,
             lat_n=lat_n,
             lat_m=lat_m,
             lon_n=lon_n,
@@ -579,6 +782,7 @@ class _Criteria:
             region_n=side_n.region,
             region_m=side_m.region,
             wants=wants,
+            wanted=side_n.interest_codes,
             offers=np.ascontiguousarray(offers.T),
             interest_count=wants.sum(axis=1),
             experience=np.clip(years / FULL_EXPERIENCE_YEARS, 0.0, 1.0),
@@ -678,12 +882,17 @@ class _Criteria:
         component = cells.row(self.component_n)
         linked = (component == cells.col(self.component_m)) & (component >= 0)
         np.copyto(out, np.where(linked, CONNECTED_SCORE, UNCONNECTED_SCORE))
+        if not self.close:
+            return out
         if cells.cols is None:
             for local, row in enumerate(cells.rows.tolist()):
                 if row in self.close:
                     out[local, self.close[row][0]] = self.close[row][1]
             return out
-        for k, (row, col) in enumerate(zip(cells.rows.tolist(), cells.cols.tolist(), strict=True)):
+        close = np.flatnonzero(np.isin(cells.rows, list(self.close)))
+        for k, row, col in zip(
+            close.tolist(), cells.rows[close].tolist(), cells.cols[close].tolist(), strict=True
+        ):
             if row in self.close:
                 cols, values = self.close[row]
                 at = int(np.searchsorted(cols, col))
@@ -692,55 +901,131 @@ class _Criteria:
         return out
 
 
+class _Codes:
+    """Stable small integers for strings (states, regions, topics), shared by every solve, so
+    that one side's features do not depend on the other side's."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def of(self, values: Sequence[str]) -> list[int]:
+        """The codes of ``values`` (new strings get the next free codes)."""
+        codes = self._codes
+        if not all(value in codes for value in set(values)):
+            with self._lock:
+                for value in values:
+                    codes.setdefault(value, len(codes))
+        return [codes[value] for value in values]
+
+
+_PLACES = _Codes()
+_TOPICS = _Codes()
+
+
 @dataclass(frozen=True, slots=True)
 class _Side:
-    """Scalar features of one side's members as arrays, read in one pass."""
+    """The per-member features of one side (newcomers or mentors) as arrays.
 
+    Built from a list of members and cached by the identity of those members (``_side_of``):
+    members are immutable, and a matcher re-solves over the same member objects (its member
+    cache), so an unchanged side costs nothing the next time.
+    """
+
+    members: tuple[Member, ...]  # held, so that the ids in the cache key stay theirs
     population: Vector
-    lat: Vector  # radians, 0 where unknown
-    lon: Vector
+    log_size: Vector
     located: NDArray[np.bool_]
     joined: Vector  # proleptic ordinal of the joining date
     state: NDArray[np.int64]
     region: NDArray[np.int64]
+    interests: NDArray[np.bool_]  # members x topics known when built
+    strengths: NDArray[np.bool_]
+    interest_codes: list[list[int]]  # per member: the topic columns of its interests
+    row_angles: tuple[Matrix, Matrix]  # haversine factors as rows (newcomers)
+    column_angles: tuple[Matrix, Matrix]  # and as columns (mentors)
 
     @staticmethod
-    def of(members: Sequence[Member], codes: Mapping[str, int]) -> _Side:
-        count = len(members)
-        # One pass per attribute: np.array turns a None coordinate into NaN.
+    def of(members: Sequence[Member]) -> _Side:
+        # One list comprehension per attribute (the fastest loop over slotted dataclasses);
+        # np.array turns a None coordinate into NaN.
         lat = np.array([x.lat for x in members], dtype=float)
         lon = np.array([x.lon for x in members], dtype=float)
         located = ~(np.isnan(lat) | np.isnan(lon))
+        lat = np.radians(np.where(located, lat, 0.0))
+        lon = np.radians(np.where(located, lon, 0.0))
+        population = np.array([x.population for x in members], dtype=float)
         return _Side(
-            population=np.fromiter((x.population for x in members), float, count),
-            lat=np.radians(np.where(located, lat, 0.0)),
-            lon=np.radians(np.where(located, lon, 0.0)),
+            members=tuple(members),
+            population=population,
+            log_size=np.log10(population),
             located=located,
-            joined=np.fromiter((x.joined.toordinal() for x in members), float, count),
-            state=np.fromiter((codes[x.state] for x in members), np.int64, count),
-            region=np.fromiter((codes[x.region] for x in members), np.int64, count),
+            joined=np.array([x.joined.toordinal() for x in members], dtype=float),
+            state=np.array(_PLACES.of([x.state for x in members]), dtype=np.int64),
+            region=np.array(_PLACES.of([x.region for x in members]), dtype=np.int64),
+            interests=(interests := _indicator([x.interests for x in members])),
+            strengths=_indicator([x.strengths for x in members]),
+            interest_codes=[np.flatnonzero(row).tolist() for row in interests],
+            row_angles=_half_angles(lat, lon, rows=True),
+            column_angles=_half_angles(lat, lon, rows=False),
         )
 
-    def half_angles(self, rows: bool) -> tuple[Matrix, Matrix]:
-        """Factors whose row . column products give the haversine terms (see ``_Criteria``)."""
-        lat, lon = self.lat, self.lon
-        root_cos = np.sqrt(np.cos(lat))
-        if rows:  # sin(a/2)cos(b/2) - cos(a/2)sin(b/2) = sin((a - b)/2)
-            lat_terms = np.stack([np.sin(lat / 2), -np.cos(lat / 2)], axis=1)
-            lon_terms = np.stack([np.sin(lon / 2), -np.cos(lon / 2)], axis=1)
-            return lat_terms, lon_terms * root_cos[:, None]
-        lat_terms = np.stack([np.cos(lat / 2), np.sin(lat / 2)])
-        lon_terms = np.stack([np.cos(lon / 2), np.sin(lon / 2)])
-        return lat_terms, lon_terms * root_cos[None, :]
+    @staticmethod
+    def topics(flags: NDArray[np.bool_], width: int) -> Matrix:
+        """Topic indicator as float64 with ``width`` topic columns (topics registered since
+        the side was built are columns of zeros)."""
+        table = np.zeros((flags.shape[0], width))
+        table[:, : flags.shape[1]] = flags
+        return table
 
 
-def _indicator(topic_sets: Sequence[frozenset[str]], index: Mapping[str, int]) -> Matrix:
-    lengths = np.fromiter(map(len, topic_sets), np.int_, len(topic_sets))
-    rows = np.repeat(np.arange(len(topic_sets)), lengths)
-    cols = np.fromiter((index[t] for topics in topic_sets for t in topics), np.int_, rows.size)
-    table = np.zeros((len(topic_sets), len(index)))
-    table[rows, cols] = 1.0
-    return table
+def _half_angles(lat: Vector, lon: Vector, rows: bool) -> tuple[Matrix, Matrix]:
+    """Factors whose row . column products give the haversine terms (see ``_Criteria``)."""
+    root_cos = np.sqrt(np.cos(lat))
+    if rows:  # sin(a/2)cos(b/2) - cos(a/2)sin(b/2) = sin((a - b)/2)
+        lat_terms = np.stack([np.sin(lat / 2), -np.cos(lat / 2)], axis=1)
+        lon_terms = np.stack([np.sin(lon / 2), -np.cos(lon / 2)], axis=1)
+        return lat_terms, lon_terms * root_cos[:, None]
+    lat_terms = np.stack([np.cos(lat / 2), np.sin(lat / 2)])
+    lon_terms = np.stack([np.cos(lon / 2), np.sin(lon / 2)])
+    return lat_terms, lon_terms * root_cos[None, :]
+
+
+#: Sides kept by ``_side_of`` (newcomers and mentors of the last few solves).
+_SIDE_CACHE_SIZE = 4
+_SIDES: OrderedDict[tuple[int, ...], _Side] = OrderedDict()
+_SIDES_LOCK = threading.Lock()
+
+
+def _side_of(members: Sequence[Member]) -> _Side:
+    """``_Side.of(members)``, reused while the very same member objects come again."""
+    key = tuple(map(id, members))
+    with _SIDES_LOCK:
+        side = _SIDES.get(key)
+        if side is not None:
+            _SIDES.move_to_end(key)
+            return side
+    side = _Side.of(members)
+    with _SIDES_LOCK:
+        _SIDES[key] = side
+        while len(_SIDES) > _SIDE_CACHE_SIZE:
+            _SIDES.popitem(last=False)
+    return side
+
+
+def _indicator(topic_sets: Sequence[frozenset[str]]) -> NDArray[np.bool_]:
+    """Members x topics (``_TOPICS`` codes), True where the member's set holds the topic.
+    Members share few distinct sets (a frozenset caches its hash): each is spelled out once."""
+    distinct = {topics: k for k, topics in enumerate(dict.fromkeys(topic_sets))}
+    which = np.fromiter(map(distinct.__getitem__, topic_sets), np.int_, len(topic_sets))
+    rows = [k for topics, k in distinct.items() for _ in topics]
+    cols = _TOPICS.of([t for topics in distinct for t in topics])
+    table = np.zeros((len(distinct), len(_TOPICS)), dtype=bool)
+    table[rows, cols] = True
+    return table[which]
 
 
 def _network_features(

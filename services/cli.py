@@ -240,6 +240,14 @@ def bench(
     repeat: Annotated[
         int, typer.Option("--repeat", min=1, max=20, help="Runs per figure (the median counts).")
     ] = 3,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="Run only this part (repeatable): assignment, baselines, pipeline, registry, "
+            "memory.",
+        ),
+    ] = None,
 ) -> None:
     """Measure the system side by side with its limits: assignment, event pipeline, registry,
     matcher memory; one table (or JSON), each figure next to its reference from the same run
@@ -248,17 +256,28 @@ def bench(
 
     from rich.console import Console as RichConsole
 
-    from services.bench import FULL, QUICK, run_bench
+    from services.bench import FULL, PARTS, QUICK, run_bench
     from services.bench.report import table
 
+    unknown = sorted(set(only or ()) - set(PARTS))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}",
+            param_hint="--only",
+        )
     _configure_logging("WARNING")
     command = " ".join(
         ["tandem bench", *(["--json"] if as_json else []), *(["--quick"] if quick else []),
-         *([f"--repeat {repeat}"] if repeat != 3 else [])]
+         *([f"--repeat {repeat}"] if repeat != 3 else []),
+         *(f"--only {part}" for part in only or ())]
     )  # fmt: skip
     results = asyncio.run(
         run_bench(
-            QUICK if quick else FULL, repeat, lambda step: console.print(f"[dim]{step}[/]"), command
+            QUICK if quick else FULL,
+            repeat,
+            lambda step: console.print(f"[dim]{step}[/]"),
+            command,
+            only,
         )
     )
     if as_json:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.bench import assignment, memory, pipeline, registry
 from services.bench.report import check_targets
+
+#: The parts of ``tandem bench``, in the order they run.
+PARTS = ("assignment", "baselines", "pipeline", "registry", "memory")
 
 
 @dataclass(frozen=True)
@@ -110,29 +113,38 @@ async def run_bench(
     repeat: int,
     progress: Callable[[str], None] = lambda _: None,
     command: str = "tandem bench",
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Run every benchmark; the results as one JSON-ready dict (with ``targets``)."""
+    """Run the benchmarks (all, or the ``only`` parts of ``PARTS``); the results as one
+    JSON-ready dict (with ``targets``)."""
     started = time.monotonic()
     info = machine()
     info["load_start"] = os.getloadavg()[0]
-    results: dict[str, Any] = {"assignment": []}
-    for newcomers, mentors in sizes.assignment:
-        progress(f"assignment {newcomers:,} x {mentors:,}")
-        results["assignment"].append(assignment.resolve_size(newcomers, mentors, repeat))
-    progress(f"baselines {sizes.baselines[0]:,} x {sizes.baselines[1]:,} (networkx is slow)")
-    results["baselines"] = assignment.baselines(*sizes.baselines, repeat)
-    progress(
-        f"pipeline: {sizes.events:,} joins vs {sizes.existing_members:,} members, then "
-        f"{sizes.steady_joins} joins at {sizes.steady_rate:.0f}/s"
-    )
-    results["pipeline"] = await pipeline.run(
-        sizes.events, sizes.existing_members, sizes.steady_joins, sizes.steady_rate, repeat,
-        sizes.burst_budget_s,
-    )  # fmt: skip
-    progress(f"registry: {sizes.requests:,} POST /api/members, {sizes.clients} clients")
-    results["registry"] = await registry.run(sizes.requests, sizes.clients, repeat)
-    progress(f"memory: matcher with {sizes.memory_members:,} members")
-    results["memory"] = await memory.run(sizes.memory_members)
+    parts = set(PARTS) if only is None else set(only)
+    results: dict[str, Any] = {}
+    if "assignment" in parts:
+        results["assignment"] = []
+        for newcomers, mentors in sizes.assignment:
+            progress(f"assignment {newcomers:,} x {mentors:,}")
+            results["assignment"].append(assignment.resolve_size(newcomers, mentors, repeat))
+    if "baselines" in parts:
+        progress(f"baselines {sizes.baselines[0]:,} x {sizes.baselines[1]:,} (networkx is slow)")
+        results["baselines"] = assignment.baselines(*sizes.baselines, repeat)
+    if "pipeline" in parts:
+        progress(
+            f"pipeline: {sizes.events:,} joins vs {sizes.existing_members:,} members, then "
+            f"{sizes.steady_joins} joins at {sizes.steady_rate:.0f}/s"
+        )
+        results["pipeline"] = await pipeline.run(
+            sizes.events, sizes.existing_members, sizes.steady_joins, sizes.steady_rate, repeat,
+            sizes.burst_budget_s,
+        )  # fmt: skip
+    if "registry" in parts:
+        progress(f"registry: {sizes.requests:,} POST /api/members, {sizes.clients} clients")
+        results["registry"] = await registry.run(sizes.requests, sizes.clients, repeat)
+    if "memory" in parts:
+        progress(f"memory: matcher with {sizes.memory_members:,} members")
+        results["memory"] = await memory.run(sizes.memory_members)
     info["load_end"] = os.getloadavg()[0]
     results["machine"] = info
     results["repeat"] = repeat

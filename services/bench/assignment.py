@@ -2,8 +2,9 @@
 
 * Re-solve: ``plan_tandems`` as the matcher runs it (eligibility, scoring of every pair, the
   joint assignment, alternatives, German reasons), against ``linear_sum_assignment`` alone on
-  the same precomputed score matrix (mentors expanded into one column per capacity slot). The
-  runs of both alternate, so a noisy moment hits both.
+  the same precomputed score matrix (mentors expanded into one column per capacity slot), and
+  our solver alone (``solve_assignment``) on that same matrix. The runs alternate, so a noisy
+  moment hits all of them.
 * Baselines at one size, all on the same score matrix and capacities: our solver
   (``solve_assignment``), networkx ``max_weight_matching`` (maximum cardinality first, as ours)
   on the graph of newcomers and mentor slots, and the arrival-order greedy (each newcomer in the
@@ -52,34 +53,46 @@ def _scores(new: Sequence[Member], old: Sequence[Member]) -> NDArray[np.float64]
 
 
 def resolve_size(newcomers: int, mentors: int, repeat: int) -> dict[str, Any]:
-    """Median seconds of a full re-solve and of ``linear_sum_assignment`` alone at one size."""
+    """Median seconds of a full re-solve, of our solver alone and of ``linear_sum_assignment``
+    alone at one size; the last two on the same precomputed score matrix."""
     new, old = _network(newcomers, mentors)
     members = [*new, *old]
     capacity = np.array([x.mentor_capacity for x in old])
-    cost = -np.repeat(_scores(new, old), capacity, axis=1)  # one column per capacity slot
+    scores = _scores(new, old)
+    cost = -np.repeat(scores, capacity, axis=1)  # one column per capacity slot
+    feasible = np.ones(scores.shape, dtype=bool)  # every mentor joined before the newcomers
+    none = np.full(newcomers, -1, dtype=np.int_)
 
     def plan() -> int:
         return len(plan_tandems(members, [], {}, set(), set(), {}, WEIGHTS, TODAY).proposals)
+
+    def solver() -> NDArray[np.int_]:
+        return solve_assignment(scores, capacity, feasible, none, none)
 
     # One untimed run of each first (warm caches, as in a running matcher); cheap sizes get
     # more runs, so that their medians are not a handful of milliseconds of noise.
     runs = repeat if newcomers * mentors >= 1_000_000 else 5 * repeat
     proposals = plan()
+    solver()
     linear_sum_assignment(cost)
     ours: list[float] = []
     alone: list[float] = []
-    for _ in range(runs):
+    solved: list[float] = []
+    for _ in range(runs):  # interleaved, so that a noisy moment hits all three
         ours.append(_timed(plan)[0])
+        solved.append(_timed(solver)[0])
         alone.append(_timed(lambda: linear_sum_assignment(cost))[0])
-    seconds, lsa = median(ours), median(alone)
+    seconds, lsa, solver_seconds = median(ours), median(alone), median(solved)
     return {
         "newcomers": newcomers,
         "mentors": mentors,
         "slots": int(capacity.sum()),
         "proposals": proposals,
         "seconds": seconds,
+        "solver_seconds": solver_seconds,
         "lsa_only_seconds": lsa,
         "ratio_to_lsa": seconds / lsa if lsa > 0 else 0.0,
+        "solver_ratio_to_lsa": solver_seconds / lsa if lsa > 0 else 0.0,
         "runs": runs,
     }
 

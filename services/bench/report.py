@@ -22,7 +22,10 @@ class Target:
     inclusive: bool = False  # an upper limit the value may equal
 
     def check(self, results: dict[str, Any]) -> dict[str, Any] | None:
-        value = self.value(results)
+        try:
+            value = self.value(results)
+        except KeyError:  # that part was not run (tandem bench --only)
+            return None
         if value is None:
             return None
         if self.upper:
@@ -112,51 +115,67 @@ def table(results: dict[str, Any]) -> Table:
         check = checks.get(key or figure)
         out.add_row(figure, measured, reference, check["target"] if check else "", _verdict(check))
 
-    for a in results["assignment"]:
+    for a in results.get("assignment", []):
         name = f"assignment {a['newcomers']:,} x {a['mentors']:,}"
         row(f"{name}: full re-solve", fmt(a["seconds"], "s"),
             f"LSA alone {fmt(a['lsa_only_seconds'], 's')}", key=name)  # fmt: skip
         if f"{name} / LSA alone" in checks:
             row(f"{name}: re-solve / LSA alone", fmt(a["ratio_to_lsa"], "x"),
                 key=f"{name} / LSA alone")  # fmt: skip
-    b = results["baselines"]
-    size = f"{b['newcomers']:,} x {b['mentors']:,}"
-    for name, label in (("ours", "ours (solver)"), ("networkx", "networkx max_weight_matching"),
-                        ("greedy", "arrival-order greedy")):  # fmt: skip
-        row(f"baseline {size}: {label}",
-            f"{fmt(b[f'{name}_seconds'], 's')}, total {b[f'{name}_total']:.3f}",
-            f"{b[f'{name}_matched']} matched")  # fmt: skip
-    p = results["pipeline"]
-    row(f"pipeline: {p['events']:,} joins vs {p['existing_members']:,} members",
-        f"{p['events_per_s']:,.0f} events/s ({fmt(p['seconds'], 's')})",
-        f"bare broker {p['broker_events_per_s']:,.0f} events/s", key="")  # fmt: skip
-    row("pipeline throughput / bare broker", fmt(p["ratio"], "%"))
-    row(f"pipeline latency at {p['steady_rate_per_s']:.0f} joins/s ({p['steady_joins']} joins)",
-        f"p50 {fmt(p['p50_ms'], 'ms')}, p99 {fmt(p['p99_ms'], 'ms')}",
-        key="pipeline latency p99 at 50 joins/s")  # fmt: skip
-    g = results["registry"]
-    row(f"registry POST /api/members, {g['clients']} clients", f"{g['requests_per_s']:,.0f} req/s",
-        f"{g['requests']:,} requests", key="registry requests/s")  # fmt: skip
-    row("registry latency", f"p50 {fmt(g['p50_ms'], 'ms')}, p99 {fmt(g['p99_ms'], 'ms')}",
-        key="registry p99")  # fmt: skip
-    row(
-        "registry: 201 until the event is on the broker",
-        f"p50 {fmt(g['event_delay_p50_ms'], 'ms')}, p99 {fmt(g['event_delay_p99_ms'], 'ms')}",
-    )
-    m = results["memory"]
-    row(f"matcher peak RSS, {m['members']:,} members ({m['newcomers']:,} newcomers)",
-        fmt(m["matcher_rss_mb"], "MB"), f"idle {fmt(m['matcher_idle_rss_mb'], 'MB')}",
-        key="matcher peak RSS")  # fmt: skip
-    row("matcher peak RSS during the pipeline burst", fmt(p["matcher_rss_mb"], "MB"),
-        f"{p['existing_members'] + p['events']:,} members")  # fmt: skip
+        if "solver_seconds" in a and a["newcomers"] * a["mentors"] >= 1_000_000:
+            row(f"{name}: solver alone (same matrix)",
+                f"{fmt(a['solver_seconds'], 's')} = {fmt(a['solver_ratio_to_lsa'], 'x')} LSA",
+                key="")  # fmt: skip
+    if "baselines" in results:
+        b = results["baselines"]
+        size = f"{b['newcomers']:,} x {b['mentors']:,}"
+        for name, label in (("ours", "ours (solver)"), ("networkx", "networkx max_weight_matching"),
+                            ("greedy", "arrival-order greedy")):  # fmt: skip
+            row(f"baseline {size}: {label}",
+                f"{fmt(b[f'{name}_seconds'], 's')}, total {b[f'{name}_total']:.3f}",
+                f"{b[f'{name}_matched']} matched")  # fmt: skip
+    if "pipeline" in results:
+        p = results["pipeline"]
+        row(f"pipeline: {p['events']:,} joins vs {p['existing_members']:,} members",
+            f"{p['events_per_s']:,.0f} events/s ({fmt(p['seconds'], 's')})",
+            f"bare broker {p['broker_events_per_s']:,.0f} events/s", key="")  # fmt: skip
+        row("pipeline throughput / bare broker", fmt(p["ratio"], "%"))
+        row(f"pipeline latency at {p['steady_rate_per_s']:.0f} joins/s ({p['steady_joins']} joins)",
+            f"p50 {fmt(p['p50_ms'], 'ms')}, p99 {fmt(p['p99_ms'], 'ms')}",
+            key="pipeline latency p99 at 50 joins/s")  # fmt: skip
+    if "registry" in results:
+        g = results["registry"]
+        row(f"registry POST /api/members, {g['clients']} clients",
+            f"{g['requests_per_s']:,.0f} req/s", f"{g['requests']:,} requests",
+            key="registry requests/s")  # fmt: skip
+        row("registry latency", f"p50 {fmt(g['p50_ms'], 'ms')}, p99 {fmt(g['p99_ms'], 'ms')}",
+            key="registry p99")  # fmt: skip
+        row(
+            "registry: 201 until the event is on the broker",
+            f"p50 {fmt(g['event_delay_p50_ms'], 'ms')}, p99 {fmt(g['event_delay_p99_ms'], 'ms')}",
+        )
+    if "memory" in results:
+        m = results["memory"]
+        row(f"matcher peak RSS, {m['members']:,} members ({m['newcomers']:,} newcomers)",
+            fmt(m["matcher_rss_mb"], "MB"), f"idle {fmt(m['matcher_idle_rss_mb'], 'MB')}",
+            key="matcher peak RSS")  # fmt: skip
+    if "pipeline" in results:
+        p = results["pipeline"]
+        row("matcher peak RSS during the pipeline burst", fmt(p["matcher_rss_mb"], "MB"),
+            f"{p['existing_members'] + p['events']:,} members")  # fmt: skip
     machine = results["machine"]
+    counts = [f"Medians of {results['repeat']} runs"]
+    if "assignment" in results or "baselines" in results:
+        counts.append(f"{5 * results['repeat']} for assignments under 1M pairs and the baselines")
+    if "baselines" in results or "memory" in results:
+        counts.append("one for networkx and memory")
+    if "pipeline" in results:
+        counts.append(f"{results['pipeline']['runs']} for the pipeline burst")
+    detail = f"{counts[0]} ({', '.join(counts[1:])})" if len(counts) > 1 else counts[0]
     out.caption = (
         f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']:.0f} GB, "
         f"Python {machine['python']}; load average {machine['load_start']:.1f} at start, "
-        f"{machine['load_end']:.1f} at end. Medians of {results['repeat']} runs "
-        f"({5 * results['repeat']} for assignments under 1M pairs and the baselines, one for "
-        f"networkx and memory, {p['runs']} for the pipeline burst); {results['seconds']:.0f} s "
-        "in all."
+        f"{machine['load_end']:.1f} at end. {detail}; {results['seconds']:.0f} s in all."
     )
     out.caption_justify = "left"
     return out

@@ -18,7 +18,7 @@ from services.bench.report import table
 from tests.e2e.conftest import tandem_command
 
 KEYS = {
-    "assignment": {"newcomers", "mentors", "seconds", "lsa_only_seconds"},
+    "assignment": {"newcomers", "mentors", "seconds", "lsa_only_seconds", "solver_seconds"},
     "baselines": {
         "newcomers", "mentors", "ours_seconds", "ours_total", "networkx_seconds",
         "networkx_total", "greedy_seconds", "greedy_total",
@@ -65,5 +65,25 @@ def test_bench_command_is_there() -> None:
         [*tandem_command(), "bench", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    for option in ("--json", "--quick", "--repeat"):
+    for option in ("--json", "--quick", "--repeat", "--only"):
         assert option in result.stdout
+
+
+def test_bench_only_runs_the_parts_asked_for() -> None:
+    result = subprocess.run(
+        [*tandem_command(), "bench", "--only", "nonsense"], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "nonsense" in result.stderr and "assignment" in result.stderr
+
+
+async def test_bench_part_alone_reports_its_figures_and_targets() -> None:
+    results = await run_bench(TINY, repeat=1, only=["assignment"])
+    assert set(results) >= {"assignment", "targets", "machine"}
+    assert not {"baselines", "pipeline", "registry", "memory"} & set(results)
+    row = results["assignment"][0]
+    assert row["solver_seconds"] > 0 and row["solver_ratio_to_lsa"] > 0
+    console = Console(width=160, record=True)
+    console.print(table(results))
+    assert "assignment 10 x 40" in console.export_text()

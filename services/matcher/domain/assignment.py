@@ -67,7 +67,7 @@ _BLOCK_CELLS = 1 << 17
 #: for them candidate lists and certificates cost more than they save.
 _WHOLE_DENSE_CELLS = 1 << 14
 #: Reduced problems up to this many cells are solved densely (less overhead than sparse).
-_SMALL_REDUCED_CELLS = 1 << 15
+_SMALL_REDUCED_CELLS = 1 << 17
 #: Above this many dummy cells per listed cell the reduced problem is solved densely.
 _SPARSE_DUMMY_FACTOR = 4
 

@@ -434,3 +434,16 @@ def test_rows_and_cells_equal_the_whole_matrix() -> None:
     )
     cols = np.array([59, 3, 3])
     assert np.allclose(lazy.cells(rows, cols), lazy.total[rows, cols], atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float32_pass_stays_well_within_the_shortlist_margin(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    newcomers, mentors = random_members(rng, "n", 20), random_members(rng, "m", 300)
+    for weights in (DEFAULT_WEIGHTS, Weights(0, 0, 1, 0, 0), Weights(*rng.uniform(0, 1, 5))):
+        exact = score_matrix(newcomers, mentors, weights, TODAY)
+        fast = scoring._WeightedTerms.of(exact.criteria, weights, np.float32)
+        out = np.empty(exact.shape, dtype=np.float32)
+        fast.write(np.arange(len(newcomers)), out, np.empty_like(out), clip=False)
+        error = np.abs(np.clip(out.astype(float), 0.0, 1.0) - exact.total).max()
+        assert error < scoring._FLOAT32_MARGIN / 2

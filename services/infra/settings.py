@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+#: The variable that names a settings file (``TANDEM_<OPTION>=value`` lines, as in a .env file).
+SETTINGS_FILE_VARIABLE = "TANDEM_SETTINGS_FILE"
 
 
 class CommonSettings(BaseSettings):
-    """Options every Tandem process understands."""
+    """Options every Tandem process understands.
+
+    Every option comes from its environment variable or, below that, from the settings file
+    named by ``TANDEM_SETTINGS_FILE`` (lines ``TANDEM_WEIGHTS=topics=0.5``, as in a .env file).
+    """
 
     model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get(SETTINGS_FILE_VARIABLE)
+        if not path:
+            return init_settings, env_settings, file_secret_settings
+        if not Path(path).is_file():
+            raise ValueError(f"{SETTINGS_FILE_VARIABLE}={path}: no such file")
+        from_file = DotEnvSettingsSource(settings_cls, env_file=path)
+        return init_settings, env_settings, from_file, file_secret_settings
+
+    settings_file: Path | None = Field(
+        default=None,
+        description="A file of `TANDEM_<OPTION>=value` lines read below the environment "
+        "(e.g. the weights); unset: none.",
+    )
 
     broker: str | None = Field(
         default=None,

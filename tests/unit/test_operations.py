@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from services.infra.settings import SETTINGS_CLASSES, config_table_markdown
@@ -66,3 +67,25 @@ def test_dockerfile_installs_the_package_and_runs_tandem() -> None:
     assert 'ENTRYPOINT ["tandem"]' in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
     assert re.search(r"^USER \w+", dockerfile, re.M), "the services do not run as root"
+
+
+def test_a_settings_file_supplies_options_below_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.infra.settings import MatcherSettings
+
+    path = tmp_path / "tandem.env"
+    path.write_text("TANDEM_WEIGHTS=topics=0.9\nTANDEM_PORT=8123\n", encoding="utf-8")
+    monkeypatch.setenv("TANDEM_SETTINGS_FILE", str(path))
+    monkeypatch.delenv("TANDEM_WEIGHTS", raising=False)
+    monkeypatch.setenv("TANDEM_PORT", "9000")
+    settings = MatcherSettings()
+    assert settings.weights == "topics=0.9"  # from the file
+    assert settings.port == 9000  # the environment wins
+
+    path.write_text("TANDEM_WEIGHTS=topics=-1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="weight"):
+        MatcherSettings()
+    monkeypatch.setenv("TANDEM_SETTINGS_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(ValueError, match="no such file"):
+        MatcherSettings()

@@ -146,7 +146,12 @@ def plan_tandems(
     graph = tandem_graph(tandems) if graph_of_past_tandems is None else graph_of_past_tandems
     capacity_of = free_capacity(members, tandems, today)
     active = sorted((x for x in members if x.active), key=lambda x: x.id)
-    mentors = [x for x in active if capacity_of[x.id] > 0]
+    # Only members with free capacity that joined before the latest newcomers can mentor
+    # anybody now; the others (this year's newcomers, say) are no columns at all.
+    latest = max(x.joined.year for x in newcomers)
+    with_capacity = [x for x in active if capacity_of[x.id] > 0]
+    mentors = [x for x in with_capacity if x.joined.year < latest]
+    too_new = {x.id for x in with_capacity if x.joined.year >= latest}
     capacity = np.array([capacity_of[x.id] for x in mentors], dtype=np.int_)
     column = {x.id: j for j, x in enumerate(mentors)}
     feasible = _feasibility(newcomers, mentors, column, rejected | forbidden)
@@ -158,7 +163,7 @@ def plan_tandems(
     # Infeasible incumbents (e.g. the pair was since forbidden) get no bonus in the solver.
     incumbent = np.array([column.get(pending.get(x.id, ""), -1) for x in newcomers], dtype=np.int_)
     pins, dropped = _pins(
-        newcomers, active, column, capacity, feasible, pinned, rejected | forbidden
+        newcomers, active, column, capacity, feasible, pinned, rejected | forbidden, too_new
     )
     chosen = solve_assignment(scores, capacity, feasible, incumbent, pins, scores.shortlist)
 
@@ -246,8 +251,10 @@ def _pins(
     feasible: NDArray[np.bool_],
     pinned: Mapping[str, str],
     excluded: set[Pair],
+    too_new: set[str],
 ) -> tuple[NDArray[np.int_], dict[str, str]]:
-    """Pinned columns per newcomer (-1 if none) and the pins that cannot be honoured."""
+    """Pinned columns per newcomer (-1 if none) and the pins that cannot be honoured.
+    ``too_new``: members with capacity that are no column because nobody waiting may have them."""
     row = {x.id: i for i, x in enumerate(newcomers)}
     members = {x.id: x for x in active}
     pins = np.full(len(newcomers), -1, dtype=np.int_)
@@ -261,6 +268,8 @@ def _pins(
             dropped[newcomer_id] = DroppedPin.UNKNOWN_MENTOR
         elif (newcomer_id, mentor_id) in excluded:
             dropped[newcomer_id] = DroppedPin.EXCLUDED
+        elif mentor_id in too_new:
+            dropped[newcomer_id] = DroppedPin.NOT_ELIGIBLE
         elif mentor_id not in column:
             dropped[newcomer_id] = DroppedPin.NO_CAPACITY
         elif not feasible[row[newcomer_id], column[mentor_id]]:

@@ -68,12 +68,13 @@ class Session:
 
     timeout_ms: int
     heartbeat_ms: int
+    fetch_wait_ms: int = 500
 
 
 def session_of(settings: CommonSettings) -> Session:
     """The consumer group session of ``settings``."""
     timeout = settings.kafka_session_timeout_ms or 10_000
-    return Session(timeout, max(100, timeout // 10))
+    return Session(timeout, max(100, timeout // 10), settings.kafka_fetch_max_wait_ms or 500)
 
 
 async def run_consumer(broker: KafkaBroker, on_started: Callable[[], None]) -> None:

@@ -74,6 +74,13 @@ class CommonSettings(BaseSettings):
         description="Consumer group session timeout; unset: 10000, or 1500 on the embedded "
         "broker (which accepts short sessions, so a restarted consumer rejoins fast).",
     )
+    kafka_fetch_max_wait_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=60_000,
+        description="How long a consumer's fetch may wait for records; unset: 500, or 20 on "
+        "the embedded broker (which answers a waiting fetch only when the wait is over).",
+    )
     outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
     outbox_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."

@@ -29,6 +29,7 @@ def build_consumer(service: MatcherService) -> KafkaBroker:
         ack_policy=AckPolicy.NACK_ON_ERROR,
         session_timeout_ms=session.timeout_ms,
         heartbeat_interval_ms=session.heartbeat_ms,
+        fetch_max_wait_ms=session.fetch_wait_ms,
     )
     async def on_member_events(message: KafkaMessage) -> None:
         await service.ingest(records_of(message))
@@ -43,6 +44,7 @@ def build_consumer(service: MatcherService) -> KafkaBroker:
         ack_policy=AckPolicy.NACK_ON_ERROR,
         session_timeout_ms=session.timeout_ms,
         heartbeat_interval_ms=session.heartbeat_ms,
+        fetch_max_wait_ms=session.fetch_wait_ms,
     )
     async def on_advice_requested(message: KafkaMessage) -> None:
         await answer_advice_records(service, records_of(message))

@@ -26,6 +26,7 @@ def build_consumer(service: RegistryService) -> KafkaBroker:
         ack_policy=AckPolicy.NACK_ON_ERROR,
         session_timeout_ms=session.timeout_ms,
         heartbeat_interval_ms=session.heartbeat_ms,
+        fetch_max_wait_ms=session.fetch_wait_ms,
     )
     async def on_member_admitted(message: KafkaMessage) -> None:
         await service.ingest_admitted(records_of(message))

@@ -77,15 +77,13 @@ async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | No
 
 
 def node_settings(bootstrap: str, data: Path, database_url: str | None) -> CommonSettings:
-    """Settings of a test node: the given broker, a free HTTP port, short group sessions and
-    fetch waits (the embedded broker)."""
+    """Settings of a test node: the given broker, a free HTTP port, short group sessions."""
     return CommonSettings(
         broker=bootstrap,
         data=data,
         port=0,
         api_tokens=SecretStr(TOKENS),
         kafka_session_timeout_ms=1500,
-        kafka_fetch_max_wait_ms=20,  # as `tandem up` sets it on the embedded broker
         database_url=database_url,
     )
 

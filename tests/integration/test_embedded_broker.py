@@ -219,12 +219,17 @@ def test_sigkilled_parent_leaves_no_broker_behind() -> None:
 def test_ctrl_c_reaches_the_parent_only_which_then_stops_the_broker() -> None:
     script = textwrap.dedent(
         """
-        import threading
+        import time
         from services.infra.embedded_broker import EmbeddedBroker, wait_for_kafka
         with EmbeddedBroker() as broker:
             try:
                 print(broker.pid, flush=True)
-                threading.Event().wait()
+                # Not Event().wait(): the kernel may hand SIGINT to another thread of this
+                # process (the broker's spawner), and then a main thread blocked in a lock is
+                # never interrupted (it hung once in CI). Sleeping in steps lets Python run the
+                # handler in the main thread whichever thread the signal landed on.
+                while True:
+                    time.sleep(0.05)
             except KeyboardInterrupt:
                 wait_for_kafka(broker.bootstrap, timeout=2)  # SIGINT did not reach the broker
                 print("broker still serving", flush=True)

@@ -219,17 +219,17 @@ def test_sigkilled_parent_leaves_no_broker_behind() -> None:
 def test_ctrl_c_reaches_the_parent_only_which_then_stops_the_broker() -> None:
     script = textwrap.dedent(
         """
-        import time
+        import signal
+        import threading
         from services.infra.embedded_broker import EmbeddedBroker, wait_for_kafka
+        # A terminal's Ctrl-C raises KeyboardInterrupt; under a runner started in the
+        # background (nohup ... &) SIGINT arrives ignored and Python keeps it ignored, so the
+        # script would wait forever. Restore what an interactive Python has.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with EmbeddedBroker() as broker:
             try:
                 print(broker.pid, flush=True)
-                # Not Event().wait(): the kernel may hand SIGINT to another thread of this
-                # process (the broker's spawner), and then a main thread blocked in a lock is
-                # never interrupted (it hung once in CI). Sleeping in steps lets Python run the
-                # handler in the main thread whichever thread the signal landed on.
-                while True:
-                    time.sleep(0.05)
+                threading.Event().wait()
             except KeyboardInterrupt:
                 wait_for_kafka(broker.bootstrap, timeout=2)  # SIGINT did not reach the broker
                 print("broker still serving", flush=True)

@@ -68,13 +68,14 @@ class Session:
 
     timeout_ms: int
     heartbeat_ms: int
-    fetch_wait_ms: int = 500
+    fetch_wait_ms: int = 500  # aiokafka's default
 
 
 def session_of(settings: CommonSettings) -> Session:
     """The consumer group session of ``settings``."""
     timeout = settings.kafka_session_timeout_ms or 10_000
-    return Session(timeout, max(100, timeout // 10), settings.kafka_fetch_max_wait_ms or 500)
+    fetch_wait = settings.kafka_fetch_max_wait_ms or Session.fetch_wait_ms
+    return Session(timeout, max(100, timeout // 10), fetch_wait)
 
 
 async def run_consumer(broker: KafkaBroker, on_started: Callable[[], None]) -> None:

@@ -400,12 +400,13 @@ def random_members(rng: np.random.Generator, prefix: str, count: int) -> list[Me
     return made
 
 
+@pytest.mark.parametrize("float32", [True, False])
 @pytest.mark.parametrize("seed", range(12))
 def test_shortlist_from_float32_equals_the_exact_best_columns(
-    monkeypatch: pytest.MonkeyPatch, seed: int
+    monkeypatch: pytest.MonkeyPatch, seed: int, float32: bool
 ) -> None:
-    # Force the float32 path on a matrix small enough to check against the exact one.
-    monkeypatch.setattr(scoring, "_FLOAT32_CELLS", 0)
+    # Force the float32 path (or the exact one) on a matrix small enough to check.
+    monkeypatch.setattr(scoring, "_FLOAT32_CELLS", 0 if float32 else 1 << 40)
     rng = np.random.default_rng(seed)
     newcomers, mentors = random_members(rng, "n", 9), random_members(rng, "m", 400)
     feasible = rng.random((len(newcomers), len(mentors))) < rng.uniform(0.05, 1.0)

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import networkx as nx
@@ -162,8 +163,14 @@ class ScoreMatrix:
         self.parts: Mapping[str, Matrix] = _LazyParts(criteria)
         self.shortlist: NDArray[np.int_] = np.full((criteria.n, 0), -1, dtype=np.int_)
         self.shortlist_scores: Matrix = np.empty((criteria.n, 0))
-        self._exact = _WeightedTerms.of(criteria, weights, np.float64)
+        self._share = weights.normalised()
         self._total: Matrix | None = None
+
+    @cached_property
+    def _exact(self) -> _WeightedTerms:
+        """The float64 block scorer, built only when rows or the whole matrix are asked for
+        (the planner's large path needs neither)."""
+        return _WeightedTerms.of(self.criteria, self.weights, np.float64)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -202,7 +209,7 @@ class ScoreMatrix:
 
     def weighted(self, parts: Mapping[str, Vector]) -> Vector:
         """Totals from per-criterion scores (as ``breakdowns`` returns them)."""
-        share = self._exact.share
+        share = self._share
         total = np.zeros(len(parts[CRITERIA[0]]))
         for name in CRITERIA:
             if share[name] > 0:
@@ -337,27 +344,27 @@ def score_matrix(
     scores = ScoreMatrix(criteria, weights)
     if shortlist <= 0:
         return scores
-    if n * m < _FLOAT32_CELLS:
-        # Small: the exact matrix is cheap, select from it directly.
-        best = np.full((n, shortlist), -1, dtype=np.int_)
-
-        def select(rows: slice, out: Matrix) -> None:
-            best[rows] = _best_columns(out, None if feasible is None else feasible[rows], shortlist)
-
-        scores._total = np.empty((n, m))
-        scores._exact.score_blocks(scores._total, select)
-        scores.shortlist = best
-    else:
+    if n * m >= _FLOAT32_CELLS:
         rows, cols = _shortlist_candidates(criteria, weights, feasible, shortlist)
         scores.shortlist, scores.shortlist_scores = _rank_cells(
             rows, cols, scores.cells(rows, cols), n, shortlist
         )
         return scores
-    listed = scores.shortlist >= 0
-    values = np.full(scores.shortlist.shape, np.nan)
-    row_of = np.repeat(np.arange(n), np.count_nonzero(listed, axis=1))
-    values[listed] = scores.cells(row_of, scores.shortlist[listed])
-    scores.shortlist_scores = values
+    # Small: the exact matrix is cheap, select from it directly.
+    best = np.full((n, shortlist), -1, dtype=np.int_)
+
+    def select(rows: slice, out: Matrix) -> None:
+        best[rows] = _best_columns(out, None if feasible is None else feasible[rows], shortlist)
+
+    total = np.empty((n, m))
+    scores._exact.score_blocks(total, select)
+    scores._total = total
+    scores.shortlist = best
+    if m:
+        listed = np.take_along_axis(total, np.maximum(best, 0), axis=1)
+        scores.shortlist_scores = np.where(best >= 0, listed, np.nan)
+    else:  # no mentors: nothing listed
+        scores.shortlist_scores = np.full(best.shape, np.nan)
     return scores
 
 
@@ -480,10 +487,10 @@ def _best_columns(block: Matrix, feasible: NDArray[np.bool_] | None, k: int) -> 
     """Per row of ``block`` its ``k`` best feasible columns, best first (ties by column);
     -1 pads rows with fewer.
 
-    Selection by threshold, cheaper than a partition of every row: split each row into
-    ``_SHORTLIST_CHUNKS`` runs of columns and take the k-th largest of the runs' maxima. Those
-    k maxima are k distinct cells at least that high, so the row's k best are all at or above
-    it; only the few cells that reach it are sorted.
+    Short rows are sorted whole. Long rows are selected by threshold, cheaper than a partition
+    of every row: split each row into ``_SHORTLIST_CHUNKS`` runs of columns and take the k-th
+    largest of the runs' maxima. Those k maxima are k distinct cells at least that high, so the
+    row's k best are all at or above it; only the few cells that reach it are sorted.
     """
     rows, m = block.shape
     if k == 0 or m == 0 or rows == 0:
@@ -893,11 +900,10 @@ class _Criteria:
         for k, row, col in zip(
             close.tolist(), cells.rows[close].tolist(), cells.cols[close].tolist(), strict=True
         ):
-            if row in self.close:
-                cols, values = self.close[row]
-                at = int(np.searchsorted(cols, col))
-                if at < cols.size and cols[at] == col:
-                    out[k] = values[at]
+            cols, values = self.close[row]
+            at = int(np.searchsorted(cols, col))
+            if at < cols.size and cols[at] == col:
+                out[k] = values[at]
         return out
 
 
@@ -936,7 +942,6 @@ class _Side:
     """
 
     members: tuple[Member, ...]  # held, so that the ids in the cache key stay theirs
-    population: Vector
     log_size: Vector
     located: NDArray[np.bool_]
     joined: Vector  # proleptic ordinal of the joining date
@@ -957,11 +962,9 @@ class _Side:
         located = ~(np.isnan(lat) | np.isnan(lon))
         lat = np.radians(np.where(located, lat, 0.0))
         lon = np.radians(np.where(located, lon, 0.0))
-        population = np.array([x.population for x in members], dtype=float)
         return _Side(
             members=tuple(members),
-            population=population,
-            log_size=np.log10(population),
+            log_size=np.log10(np.array([x.population for x in members], dtype=float)),
             located=located,
             joined=np.array([x.joined.toordinal() for x in members], dtype=float),
             state=np.array(_PLACES.of([x.state for x in members]), dtype=np.int64),

@@ -120,11 +120,29 @@ class DeadLetter(BaseModel):
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
-    original: str = Field(description="The original record value (UTF-8, or base64 if binary).")
+    original: str = Field(
+        description="The original record value (UTF-8, or base64 if binary); empty when it is "
+        "kept in the consumer's database instead (see `original_ref`)."
+    )
     original_encoding: Literal["utf-8", "base64"] = "utf-8"
     error: str
     consumer: str
     time: dt.datetime
+    original_sha256: str | None = Field(
+        default=None, description="SHA-256 (hex) of the record value as it was consumed."
+    )
+    original_size: int | None = Field(default=None, ge=0, description="Its size in bytes.")
+    original_ref: str | None = Field(
+        default=None,
+        description="Where the original is kept when it is not in `original` (too large for "
+        "a dead letter, or personal data that cannot be redacted): `<table>/<id>` in the "
+        "consumer's database.",
+    )
+    redacted: list[str] = Field(
+        default_factory=list,
+        description='Fields of the original replaced by "[redacted]" (personal data: '
+        "contact, partners' names, exception reason).",
+    )
 
 
 DataT = TypeVar("DataT", bound=BaseModel)

@@ -119,7 +119,13 @@ def create_app(
             if service is not None:
                 checks[name] = await service.ready()
         ok = all(all(c.values()) for c in checks.values())
-        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
+        content: dict[str, Any] = {"ready": ok, "checks": checks}
+        # What keeps records from the broker, named (a parked record, the relay's last error):
+        # a parked record does not make a service unready, but an operator should see it.
+        problems = await outbox_problems(registry, matcher)
+        if problems:
+            content["problems"] = problems
+        return JSONResponse(status_code=200 if ok else 503, content=content)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
@@ -131,6 +137,18 @@ def create_app(
         return JSONResponse(content=generate.asyncapi())
 
     return app
+
+
+async def outbox_problems(
+    registry: RegistryService | None, matcher: MatcherService | None
+) -> list[str]:
+    """``<service> outbox: …`` for each problem of a relay (none if its database is away)."""
+    found: list[str] = []
+    for name, service in (("registry", registry), ("matcher", matcher)):
+        if service is not None:
+            with contextlib.suppress(Exception):
+                found += [f"{name} {problem}" for problem in await service.relay.problems()]
+    return found
 
 
 async def refresh_gauges(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,35 @@ def records_of(message: KafkaMessage) -> tuple[Any, ...]:
     for record in records:
         EVENTS_CONSUMED.labels(record.topic).inc()
     return records
+
+
+def _readable_headers(record: Any) -> Any:
+    """``record`` with header values FastStream can decode (it decodes them as UTF-8 before
+    any handler runs, so one bad header would stop the partition); the value is untouched."""
+    headers = record.headers or ()
+    try:
+        for _, value in headers:
+            (value or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        fixed = tuple(
+            (name, (value or b"").decode("utf-8", "replace").encode()) for name, value in headers
+        )
+        return dataclasses.replace(record, headers=fixed)
+    return record
+
+
+async def raw_parser(message: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """FastStream's parser, given records whose headers it can read (values stay bytes)."""
+    if isinstance(message, tuple):
+        return await original(tuple(_readable_headers(record) for record in message))
+    return await original(_readable_headers(message))
+
+
+async def raw_decoder(message: Any) -> Any:
+    """The body as bytes (a list of them for a batch): our code decodes every record
+    (``services.infra.records``), so a record FastStream cannot decode (nested 5,000 deep,
+    a huge number) never fails before our handler sees it."""
+    return message.body
 
 
 def consumer_lag(broker: KafkaBroker) -> dict[str, int]:
@@ -59,6 +89,8 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         logger=logging.getLogger("tandem.kafka"),
         log_level=logging.DEBUG,
         request_timeout_ms=10_000,
+        parser=raw_parser,
+        decoder=raw_decoder,
     )
 
 

@@ -8,12 +8,25 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    UnsupportedForMessageFormatError,
+)
 
-from services.infra.outbox import OutboxRecord
+from services.infra.outbox import OutboxRecord, RecordRejected
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+#: Errors about a record itself: sending it again fails again, whatever the broker's state.
+REFUSED_FOR_GOOD = (
+    MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
+    CorruptRecordException, UnsupportedForMessageFormatError, UnicodeError,
+)  # fmt: skip
 
 
 class KafkaSink:
@@ -47,7 +60,9 @@ class KafkaSink:
             return self._producer
 
     async def send_batch(self, records: Sequence[OutboxRecord]) -> None:
-        """Send ``records`` in order and wait for every acknowledgement."""
+        """Send ``records`` in order and wait for every acknowledgement. A record refused for
+        good (too large for the producer or the broker, an invalid topic) raises
+        :class:`RecordRejected`; any other error means the broker is away."""
         producer = await self._connected()
         try:
             futures = [
@@ -55,6 +70,9 @@ class KafkaSink:
                 for record in records
             ]
             await asyncio.gather(*futures)
+        except REFUSED_FOR_GOOD as error:
+            await self.close()
+            raise RecordRejected(f"{type(error).__name__}: {error}") from error
         except Exception:
             # A producer that failed mid-batch may hold half-sent batches: start afresh.
             await self.close()

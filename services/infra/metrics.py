@@ -12,6 +12,11 @@ EVENTS_PUBLISHED = Counter(
 DEAD_LETTERS = Counter(
     "tandem_dead_letters", "Records sent to a dead-letter topic, by original topic.", ["topic"]
 )
+OUTBOX_PARKED = Counter(
+    "tandem_outbox_parked",
+    "Outbox records the broker refused for good and the relay parked, by topic.",
+    ["topic"],
+)
 OUTBOX_BACKLOG = Gauge(
     "tandem_outbox_backlog", "Outbox rows not yet acknowledged by the broker.", ["service"]
 )
@@ -38,6 +43,7 @@ METRIC_NAMES = (
     "tandem_events_published_total",
     "tandem_dead_letters_total",
     "tandem_outbox_backlog",
+    "tandem_outbox_parked_total",
     "tandem_solve_seconds",
     "tandem_proposals",
     "tandem_advice_requests_total",

@@ -32,10 +32,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Envelope
-from services.infra.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
+from services.infra.metrics import DEAD_LETTERS, EVENTS_PUBLISHED, OUTBOX_PARKED
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ def outbox_table(metadata: MetaData, name: str) -> Table:
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("sent_at", DateTime(timezone=True), nullable=True, index=True),
         Column("attempts", Integer, nullable=False, default=0),
+        # A row the broker refuses for good (too large, …) is parked with the error, so the
+        # rows behind it do not wait; an operator fixes it and clears parked_at.
+        Column("parked_at", DateTime(timezone=True), nullable=True),
+        Column("error", Text, nullable=True),
     )  # fmt: skip
 
 
@@ -111,11 +116,17 @@ async def enqueue_raw(
     )  # fmt: skip
 
 
+class RecordRejected(Exception):
+    """The broker (or the producer) refuses a record for good: too large, an invalid topic.
+    Sending it again fails again; the relay parks it instead of retrying its batch."""
+
+
 class RecordSink(Protocol):
     """Where the relay sends records: Kafka in production, a list in unit tests."""
 
     async def send_batch(self, records: Sequence[OutboxRecord]) -> None:
-        """Send all ``records`` in order; return only once the broker acknowledged each."""
+        """Send all ``records`` in order; return only once the broker acknowledged each.
+        Raise :class:`RecordRejected` if a record is refused for good."""
 
     async def healthy(self) -> bool:
         """Whether the broker answers now."""
@@ -163,24 +174,53 @@ class OutboxRelay:
         self._wake.set()
 
     async def backlog(self) -> int:
-        """Rows not yet acknowledged by the broker."""
+        """Rows waiting for the broker's acknowledgement (parked rows do not wait)."""
         async with self._engine.connect() as connection:
             count = await connection.scalar(
                 select(func.count()).select_from(self._table).where(
-                    self._table.c.sent_at.is_(None)
+                    self._table.c.sent_at.is_(None), self._table.c.parked_at.is_(None)
                 )
             )  # fmt: skip
         return int(count or 0)
 
+    async def parked(self) -> list[tuple[str, str]]:
+        """The parked rows, oldest first: ``(topic, error)``."""
+        table = self._table
+        async with self._engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(table.c.topic, table.c.error)
+                    .where(table.c.sent_at.is_(None), table.c.parked_at.is_not(None))
+                    .order_by(table.c.seq)
+                )
+            ).all()  # fmt: skip
+        return [(str(topic), str(error or "")) for topic, error in rows]
+
+    async def problems(self) -> list[str]:
+        """What keeps records from the broker, in words for ``/ready``: parked rows (with the
+        error of the first) and the last error of a relay that is not sending."""
+        found = []
+        parked = await self.parked()
+        if parked:
+            count = len(parked)
+            reason = parked[0][1].split(":", 1)[0]
+            found.append(f"outbox: {count} record{'s' if count > 1 else ''} parked: {reason}")
+        if self.last_error is not None:
+            found.append(f"outbox: {self.last_error}")
+        return found
+
     async def publish_pending(self) -> int:
-        """One round: publish up to ``batch`` pending rows; returns how many were sent."""
+        """One round: publish up to ``batch`` pending rows; returns how many were sent. Where
+        the broker refuses a record of the batch for good, the rows are sent one by one and
+        the refused one is parked with its error (logged and counted), so nothing behind it
+        waits."""
         table = self._table
         async with self._engine.connect() as connection:
             rows = (
                 await connection.execute(
                     select(table.c.seq, table.c.event_id, table.c.topic, table.c.key,
                            table.c.payload)
-                    .where(table.c.sent_at.is_(None))
+                    .where(table.c.sent_at.is_(None), table.c.parked_at.is_(None))
                     .order_by(table.c.seq)
                     .limit(self._batch)
                 )
@@ -192,14 +232,55 @@ class OutboxRelay:
         ]
         try:
             await self._sink.send_batch(records)
+        except RecordRejected:
+            return await self._publish_one_by_one(records)
         except Exception:
-            async with self._engine.begin() as connection:
-                await connection.execute(
-                    update(table)
-                    .where(table.c.seq.in_([r.seq for r in records]))
-                    .values(attempts=table.c.attempts + 1)
-                )
+            await self._count_attempt(records)
             raise
+        await self._mark_sent(records)
+        return len(records)
+
+    async def _publish_one_by_one(self, records: Sequence[OutboxRecord]) -> int:
+        sent = 0
+        for record in records:
+            try:
+                await self._sink.send_batch([record])
+            except RecordRejected as error:
+                await self._park(record, error)
+                continue
+            except Exception:
+                await self._count_attempt([record])
+                raise
+            await self._mark_sent([record])
+            sent += 1
+        return sent
+
+    async def _count_attempt(self, records: Sequence[OutboxRecord]) -> None:
+        table = self._table
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(table)
+                .where(table.c.seq.in_([r.seq for r in records]))
+                .values(attempts=table.c.attempts + 1)
+            )
+
+    async def _park(self, record: OutboxRecord, error: RecordRejected) -> None:
+        table = self._table
+        reason = str(error)[:4000]
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(table)
+                .where(table.c.seq == record.seq)
+                .values(parked_at=utcnow(), error=reason, attempts=table.c.attempts + 1)
+            )
+        OUTBOX_PARKED.labels(record.topic).inc()
+        log.error(
+            "outbox record parked",
+            extra={"topic": record.topic, "event_id": record.event_id, "error": reason},
+        )
+
+    async def _mark_sent(self, records: Sequence[OutboxRecord]) -> None:
+        table = self._table
         if os.environ.get(CRASH_AFTER_PUBLISH) == "1":
             # Fault injection for the reliability tests: die like a killed process between the
             # broker's acknowledgement and marking the rows sent.
@@ -218,7 +299,6 @@ class OutboxRelay:
             result = self._on_sent(records)
             if result is not None:
                 await result
-        return len(records)
 
     async def purge_sent(self) -> None:
         """Forget rows acknowledged longer ago than ``keep_sent``."""
@@ -270,7 +350,10 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the broker or the database is away: retry later
-                self.broker_ok = False
+                # A database error says nothing about the broker (``/ready`` checks the
+                # database itself); anything else came from sending.
+                if not isinstance(error, SQLAlchemyError):
+                    self.broker_ok = False
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.warning("outbox relay: %s; retrying in %.0f s", self.last_error, backoff)
                 await asyncio.sleep(backoff)

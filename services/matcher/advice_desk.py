@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,13 +24,12 @@ from schemas.events import (
     AdviceRequested,
     DeadLetter,
     Topics,
-    UnknownVersion,
     make_event,
-    parse_event,
 )
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.metrics import ADVICE_REQUESTS
 from services.infra.outbox import enqueue, utcnow
+from services.infra.records import PoisonRecord, decode_record
 from services.matcher import tables
 from services.matcher.domain.advice import AdviceMatch, AdviceRequest, assign_advisors
 from services.matcher.store import domain_member
@@ -205,8 +203,8 @@ async def answer_advice_records(service: MatcherService, records: Sequence[Any])
     dead: list[DeadLetter] = []
     for record in records:
         try:
-            envelope = parse_event(record.topic, record.value or b"")
-        except (ValidationError, UnknownVersion, ValueError) as error:
+            envelope = decode_record(record.topic, record.value, record.key)
+        except PoisonRecord as error:
             dead.append(dead_letter(record, error, consumer="matcher"))
             continue
         data: AdviceRequested = envelope.data

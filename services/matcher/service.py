@@ -13,16 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from schemas.events import (
     CityJoined,
     CityLeft,
     CityUpdated,
     DeadLetter,
     Envelope,
-    UnknownVersion,
-    parse_event,
 )
 from schemas.member import PublicMember
 from services.infra.db import make_engine, migrate
@@ -30,6 +26,7 @@ from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_tr
 from services.infra.kafka import kafka_sink
 from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
+from services.infra.records import PoisonRecord, decode_record, payload_digest
 from services.infra.settings import MatcherSettings
 from services.matcher import store, tables
 from services.matcher.decisions import Decision, choose_alternative, decide
@@ -96,40 +93,55 @@ class MatcherService:
     # ingest ---------------------------------------------------------------------------------
     async def ingest(self, records: Sequence[Any]) -> None:
         """Apply a batch of Kafka records in one transaction: dedup on the envelope id, update
-        the read model, dead-letter what is invalid. Transient database errors are retried
+        the read model, dead-letter what is invalid (undecodable, a key that is not the city
+        id, an envelope id used before for other data). Transient database errors are retried
         with backoff; if they persist the error propagates and the batch is delivered again
         (never acknowledged unprocessed)."""
-        valid: list[Envelope[Any]] = []
+        valid: list[tuple[Any, Envelope[Any]]] = []
         dead: list[DeadLetter] = []
         for record in records:
             try:
-                valid.append(parse_event(record.topic, record.value or b""))
-            except (ValidationError, UnknownVersion, ValueError) as error:
+                valid.append((record, decode_record(record.topic, record.value, record.key)))
+            except PoisonRecord as error:
                 dead.append(dead_letter(record, error, consumer="matcher"))
                 log.warning(
                     "dead letter",
                     extra={"topic": record.topic, "offset": record.offset,
-                           "error": type(error).__name__},
+                           "error": str(error)[:200]},
                 )  # fmt: skip
-        changed = await retry_transient(lambda: self._apply(valid, dead))
+        changed, buried = await retry_transient(lambda: self._apply(valid, dead))
         if changed:
             self.request_solve()
-        if dead:
+        if buried:
             self.relay.wake()
 
-    async def _apply(self, events: list[Envelope[Any]], dead: list[DeadLetter]) -> bool:
+    async def _apply(
+        self, events: list[tuple[Any, Envelope[Any]]], dead: list[DeadLetter]
+    ) -> tuple[bool, bool]:
         """Apply the events in order, in one transaction with their dedup records. Consecutive
         member upserts go to the database together (few statements per batch, not per event);
-        a departure in between is applied at its place in the order."""
+        a departure in between is applied at its place in the order. Returns whether the
+        read model changed and whether anything was dead-lettered."""
         changed = False
+        dead = list(dead)
         async with self.engine.begin() as connection:
-            seen = await store.seen_before(connection, [(str(e.id), e.type) for e in events])
+            digested = [(r, e, payload_digest(e)) for r, e in events]
+            seen = await store.recorded_digests(
+                connection, [(str(e.id), e.type, d) for _, e, d in digested]
+            )
             upserts: list[PublicMember] = []
-            for envelope in events:
+            for record, envelope, digest in digested:
                 event_id = str(envelope.id)
                 if event_id in seen:
+                    earlier = seen[event_id]
+                    if earlier is not None and earlier != digest:
+                        reason = f"envelope id {event_id} was used before for other data"
+                        dead.append(dead_letter(record, reason, consumer="matcher"))
+                        log.warning("dead letter", extra={"topic": record.topic,
+                                                          "offset": record.offset,
+                                                          "error": reason})  # fmt: skip
                     continue
-                seen.add(event_id)  # the same event twice in one batch: apply it once
+                seen[event_id] = digest  # the same event twice in one batch: apply it once
                 data = envelope.data
                 if isinstance(data, CityJoined | CityUpdated):
                     upserts.append(data)
@@ -142,7 +154,7 @@ class MatcherService:
                 changed |= await store.upsert_member(connection, upserts)
             for letter in dead:
                 await enqueue_dead_letter(connection, tables.outbox, letter)
-        return changed
+        return changed, bool(dead)
 
     # solving --------------------------------------------------------------------------------
     def solve_pending(self) -> bool:

@@ -32,17 +32,33 @@ async def seen_before(connection: AsyncConnection, events: Sequence[tuple[str, s
     were recorded already (by an earlier transaction: skip those). Call it inside the
     transaction that applies the events, so both commit or neither does. A batch of events
     costs a few statements, not two per event."""
+    known = await recorded_digests(connection, [(i, t, None) for i, t in events])
+    return set(known)
+
+
+async def recorded_digests(
+    connection: AsyncConnection, events: Sequence[tuple[str, str, str | None]]
+) -> dict[str, str | None]:
+    """Record the ``(event_id, topic, digest)`` triples as processed (the first of an id in
+    ``events`` counts); return the ids recorded by an earlier transaction with the digest
+    stored then (None for rows older than digests). Same transaction rule as
+    :func:`seen_before`."""
     table = tables.processed_events
-    topic_of: dict[str, str] = {}
-    for event_id, topic in events:
-        topic_of.setdefault(event_id, topic)
-    ids = list(topic_of)
-    known: set[str] = set()
+    first: dict[str, tuple[str, str | None]] = {}
+    for event_id, topic, digest in events:
+        first.setdefault(event_id, (topic, digest))
+    ids = list(first)
+    known: dict[str, str | None] = {}
     for chunk in _chunks(ids):
-        query = select(table.c.event_id).where(table.c.event_id.in_(chunk))
-        known.update((await connection.execute(query)).scalars())
+        query = select(table.c.event_id, table.c.digest).where(table.c.event_id.in_(chunk))
+        rows = (await connection.execute(query)).all()
+        known.update({str(i): None if d is None else str(d) for i, d in rows})
     now = utcnow()
-    fresh = [{"event_id": i, "topic": topic_of[i], "at": now} for i in ids if i not in known]
+    fresh = [
+        {"event_id": i, "topic": first[i][0], "at": now, "digest": first[i][1]}
+        for i in ids
+        if i not in known
+    ]
     if fresh:
         await connection.execute(insert(table), fresh)
     return known

@@ -11,15 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from schemas.events import UnknownVersion, parse_event
 from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.db import make_engine, migrate
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
-from services.infra.dedup import seen_before
+from services.infra.dedup import ReusedEventId, seen_before
 from services.infra.kafka import kafka_sink
 from services.infra.outbox import OutboxRelay, RecordSink
+from services.infra.records import PoisonRecord, decode_record, payload_digest
 from services.infra.settings import RegistrySettings
 from services.registry import gazetteer, store, tables
 from services.registry.admission import admission_violations
@@ -98,8 +96,8 @@ class RegistryService:
 
     async def _admit(self, record: Any) -> None:
         try:
-            envelope = parse_event(record.topic, record.value or b"")
-        except (ValidationError, UnknownVersion, ValueError) as error:
+            envelope = decode_record(record.topic, record.value, record.key)
+        except PoisonRecord as error:
             async with self.engine.begin() as connection:
                 letter = dead_letter(record, error, consumer="registry")
                 await enqueue_dead_letter(connection, tables.outbox, letter)
@@ -114,8 +112,13 @@ class RegistryService:
             member, looked_up = completion.member, completion.looked_up
             problems = "; ".join(f"{v.field}: {v.message}" for v in admission_violations(member))
         async with self.engine.begin() as connection:
-            if await seen_before(connection, tables.processed_events, str(envelope.id),
-                                 envelope.type):  # fmt: skip
+            try:
+                if await seen_before(connection, tables.processed_events, str(envelope.id),
+                                     envelope.type, payload_digest(envelope)):  # fmt: skip
+                    return
+            except ReusedEventId as error:
+                letter = dead_letter(record, error, consumer="registry")
+                await enqueue_dead_letter(connection, tables.outbox, letter)
                 return
             if not problems:
                 try:

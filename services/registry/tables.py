@@ -13,6 +13,7 @@ from sqlalchemy import (
     Text,
 )
 
+from services.infra.deadletter import originals_table
 from services.infra.member_columns import profile_columns
 from services.infra.outbox import outbox_table
 
@@ -49,6 +50,9 @@ processed_events = Table(
     Column("event_id", String(36), primary_key=True),
     Column("topic", String(200), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # SHA-256 of what the event said: an id used again for other data is refused.
+    Column("digest", String(64), nullable=True),
 )
 
 outbox = outbox_table(metadata, "registry_outbox")
+dead_letter_originals = originals_table(metadata, "registry_dead_letter_originals")

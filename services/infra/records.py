@@ -1,0 +1,117 @@
+"""Reading consumed records: our code decodes every record, within bounds, and says why not.
+
+FastStream hands the handlers raw bytes (see ``services.infra.consumer``); nothing decodes a
+record before :func:`decode_record`, so no record can fail outside it. A record fails as a
+:class:`PoisonRecord` with a reason fit for the dead letter (no input values echoed) when it is
+larger than :data:`MAX_RECORD_BYTES`, nests deeper than :data:`MAX_DEPTH`, is not UTF-8, is not
+the envelope of its topic, or its message key is not the city id of its data. Whatever else
+goes wrong while decoding (a ``RecursionError``, a number too large to convert, …) is a
+``PoisonRecord`` too: a record never stops its partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.events import (
+    AdviceMatched,
+    AdviceRequested,
+    CityLeft,
+    Envelope,
+    TandemDecided,
+    TandemProposed,
+    parse_event,
+)
+from schemas.member import MemberProfile
+
+#: Largest record value decoded (bytes). A registration with 100 partners is some 30 KB.
+MAX_RECORD_BYTES = 256 * 1024
+#: Deepest nesting of JSON arrays and objects decoded (an envelope nests 4 deep).
+MAX_DEPTH = 32
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+class PoisonRecord(ValueError):
+    """A record that cannot be processed; ``str()`` is the reason for its dead letter."""
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in JSON text ``raw`` (strings skipped; an upper bound
+    for malformed text). Linear in the size, never recursive."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def validation_reason(error: ValidationError) -> str:
+    """The errors of ``error`` as ``location: message`` lines, without the input values (they
+    may be personal data or megabytes)."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in item["loc"])
+        lines.append(f"{location}: {item['msg']}" if location else item["msg"])
+    return "; ".join(lines)
+
+
+def check_bounds(value: bytes) -> None:
+    """Raise :class:`PoisonRecord` if ``value`` is too large, too deep or not UTF-8."""
+    if len(value) > MAX_RECORD_BYTES:
+        raise PoisonRecord(f"record too large: {len(value)} bytes (at most {MAX_RECORD_BYTES})")
+    depth = nesting_depth(value)
+    if depth > MAX_DEPTH:
+        raise PoisonRecord(f"record nests too deep: {depth} levels (at most {MAX_DEPTH})")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PoisonRecord(f"record is not UTF-8 (byte {error.start})") from None
+
+
+def decode_record(topic: str, value: bytes | None, key: bytes | None) -> Envelope[Any]:
+    """The envelope of a consumed record of ``topic``, checked within bounds and against its
+    message key. Raises :class:`PoisonRecord` with the reason for anything else."""
+    raw = value or b""
+    check_bounds(raw)
+    try:
+        envelope = parse_event(topic, raw)
+    except ValidationError as error:
+        raise PoisonRecord(validation_reason(error)) from None
+    except ValueError as error:  # a wrong type or an unknown version: the message says which
+        raise PoisonRecord(str(error)) from None
+    except Exception as error:  # RecursionError, MemoryError's cousins: never block a partition
+        raise PoisonRecord(f"undecodable record ({type(error).__name__})") from None
+    city = city_of(envelope)
+    key_text = key.decode("utf-8", "replace") if key is not None else None
+    if city is not None and key_text != city:
+        shown = "no key" if key_text is None else f"key {key_text[:80]!r}"
+        raise PoisonRecord(f"message {shown} is not the city id {city!r} of its data")
+    return envelope
+
+
+def city_of(envelope: Envelope[Any]) -> str | None:
+    """The id of the city a record is about (its message key by contract), if it names one."""
+    data = envelope.data
+    if isinstance(data, MemberProfile | CityLeft):
+        return data.id
+    if isinstance(data, AdviceRequested | AdviceMatched):
+        return data.city_id
+    if isinstance(data, TandemProposed | TandemDecided):
+        return data.newcomer_id
+    return None
+
+
+def payload_digest(envelope: Envelope[Any]) -> str:
+    """SHA-256 of what an envelope says (type, version, data; not its time or source): a
+    record sent again carries the same digest, an id reused for other data another one."""
+    text = f"{envelope.type}\n{envelope.version}\n{envelope.data.model_dump_json()}"
+    return hashlib.sha256(text.encode()).hexdigest()

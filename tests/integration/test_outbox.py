@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from schemas.member import MemberRegistration
 from services.infra.db import make_engine, migrate
-from services.infra.outbox import OutboxRecord, OutboxRelay
+from services.infra.outbox import OutboxRecord, OutboxRelay, RecordRejected
 from services.registry import store, tables
 from services.registry.service import MIGRATIONS
 from tests.conftest import member_body
@@ -66,3 +68,62 @@ async def test_duplicate_registration_leaves_no_second_event(tmp_path: Path) -> 
     relay = OutboxRelay(engine, tables.outbox, FlakySink(0))
     assert await relay.backlog() == 1
     await engine.dispose()
+
+
+class PickySink:
+    """Refuses one record for good (as a broker refuses one too large), keeps the others."""
+
+    def __init__(self, refused_key: str) -> None:
+        self.refused_key = refused_key
+        self.sent: list[OutboxRecord] = []
+        self.batches: list[int] = []
+
+    async def send_batch(self, records: Sequence[OutboxRecord]) -> None:
+        self.batches.append(len(records))
+        if any(r.key == self.refused_key for r in records):
+            raise RecordRejected("MessageSizeTooLargeError: the message is 1051336 bytes")
+        self.sent.extend(records)
+
+    async def healthy(self) -> bool:
+        return True
+
+
+async def test_a_record_the_broker_refuses_is_parked_and_the_rest_go_on(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    await migrate(engine, MIGRATIONS, "alembic_version_registry")
+    sink = PickySink(refused_key="city-1")
+    relay = OutboxRelay(engine, tables.outbox, sink, batch=10)
+    for index in range(4):
+        member = MemberRegistration.model_validate(member_body(f"city-{index}", "2020-01-01"))
+        await store.register(engine, member, "test", dt.date(2026, 1, 1))
+    parked_before = _parked_count("city.joined")
+
+    assert await relay.publish_pending() == 3
+    assert sink.batches == [4, 1, 1, 1, 1]  # the batch, then one by one
+    assert [r.key for r in sink.sent] == ["city-0", "city-2", "city-3"]
+    assert await relay.backlog() == 0
+    assert await relay.parked() == [
+        ("city.joined", "MessageSizeTooLargeError: the message is 1051336 bytes")
+    ]
+    assert await relay.problems() == ["outbox: 1 record parked: MessageSizeTooLargeError"]
+    assert _parked_count("city.joined") == parked_before + 1
+
+    # Later rows are not held up by the parked one, and it is not sent again.
+    member = MemberRegistration.model_validate(member_body("city-9", "2020-01-01"))
+    await store.register(engine, member, "test", dt.date(2026, 1, 1))
+    assert await relay.publish_pending() == 1
+    assert sink.sent[-1].key == "city-9" and sink.batches[-1] == 1
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                select(tables.outbox.c.parked_at, tables.outbox.c.sent_at, tables.outbox.c.error)
+                .where(tables.outbox.c.key == "city-1")
+            )
+        ).one()  # fmt: skip
+    assert row.parked_at is not None and row.sent_at is None and "TooLarge" in row.error
+    await engine.dispose()
+
+
+def _parked_count(topic: str) -> float:
+    value = REGISTRY.get_sample_value("tandem_outbox_parked_total", {"topic": topic})
+    return value or 0.0

@@ -3,10 +3,10 @@
 FastStream hands the handlers raw bytes (see ``services.infra.consumer``); nothing decodes a
 record before :func:`decode_record`, so no record can fail outside it. A record fails as a
 :class:`PoisonRecord` with a reason fit for the dead letter (no input values echoed) when it is
-larger than :data:`MAX_RECORD_BYTES`, nests deeper than :data:`MAX_DEPTH`, is not UTF-8, is not
-the envelope of its topic, or its message key is not the city id of its data. Whatever else
-goes wrong while decoding (a ``RecursionError``, a number too large to convert, …) is a
-``PoisonRecord`` too: a record never stops its partition.
+larger than :data:`MAX_RECORD_BYTES`, nests deeper than :data:`MAX_DEPTH`, is not UTF-8, holds
+U+0000, is not the envelope of its topic, or its message key is not the city id of its data.
+Whatever else goes wrong while decoding (a ``RecursionError``, a number too large to convert,
+…) is a ``PoisonRecord`` too: a record never stops its partition.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ MAX_DEPTH = 32
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
+#: ``\u0000`` in a JSON string (an odd number of backslashes before ``u0000``): PostgreSQL
+#: cannot store U+0000 in text, so such a record would fail in the database on every delivery.
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class PoisonRecord(ValueError):
@@ -75,6 +78,8 @@ def check_bounds(value: bytes) -> None:
         value.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PoisonRecord(f"record is not UTF-8 (byte {error.start})") from None
+    if _NUL.search(value):
+        raise PoisonRecord("record contains U+0000 (NUL), which no text field may hold")
 
 
 def decode_record(topic: str, value: bytes | None, key: bytes | None) -> Envelope[Any]:

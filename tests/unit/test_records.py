@@ -67,6 +67,10 @@ def test_huge_numbers_invalid_utf8_and_oversize_records_are_poison_with_a_reason
     )
     assert reason_of("city.left", huge.encode(), b"goch")
     assert "not UTF-8 (byte 0)" in reason_of("city.left", b"\xff\xfe{}", b"goch")
+    assert "U+0000" in reason_of("city.left", left("goch", "a\x00b"), b"goch")
+    assert decode_record("city.left", left("goch", "a\\u0000b"), b"goch").data.reason == (
+        "a\\u0000b"  # a backslash, then "u0000": text, not NUL
+    )
     big = left("goch", "x" * MAX_RECORD_BYTES)
     assert f"too large: {len(big)} bytes" in reason_of("city.left", big, b"goch")
     assert "city.left version 2" in reason_of(

@@ -111,6 +111,8 @@ class MemberProfile(BaseModel):
     def _derive(self) -> MemberProfile:
         if self.region is None:
             self.region = region_of(self.state)
+            # Derived, not given: the history must not list it among the caller's fields.
+            self.__pydantic_fields_set__.discard("region")
         if (self.lat is None) != (self.lon is None):
             raise ValueError("lat and lon must be given together")
         return self

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from schemas.member import region_of
 from services.importer import (
     ImportReport,
     import_rows,
@@ -223,3 +224,76 @@ async def test_registry_messages_and_refused_token_per_line(tmp_path: Path) -> N
         refused = await import_rows(client, rows)
     assert refused.exit_code == 2
     assert refused.aborted is not None and "refused the token" in refused.aborted
+
+
+#: A valid line, a line breaking two rules (5,000 inhabitants, no contact), a line without
+#: partners (and without coordinates: GeoNames has them).
+VALID = f"Musterstadt,city,Hessen,2019,Digitalisierung,48000,50.1,8.6,,{CONTACT},{PARTNERS},\n"
+TWO_RULES = f"Kleinsthausen,municipality,Hessen,2020,Beteiligung,5000,50.2,8.7,,,,{PARTNERS},\n"
+NO_PARTNERS = f"Nürtingen,city,Baden-Württemberg,2018,Demokratie,40000,,,,{CONTACT},,\n"
+#: What the registry stores for a field nobody gave: the contract's defaults, nothing made up.
+ABSENT = {
+    "lat": None, "lon": None, "contact": None, "partners": [], "exception_reason": None,
+    "interests": [], "strengths": [], "mentor_capacity": 1,
+}  # fmt: skip
+
+
+async def assert_only_given(staff: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """The stored member holds the line's values, the gazetteer's (as its history says) and
+    defaults meaning "not given"; nothing else."""
+    stored = (await staff.get(f"/api/members/{body['id']}")).json()
+    history = (await staff.get(f"/api/members/{body['id']}/history")).json()["items"]
+    note = history[0]["reason"] or ""
+    looked_up = set(note.split(": ", 1)[1].split(", ")) if "GeoNames" in note else set()
+    assert stored["region"] == region_of(body["state"])  # derived from the given state
+    for field in (*ABSENT, "name", "kind", "state", "population", "joined", "seeks_tandem"):
+        if field in body:
+            assert stored[field] == body[field], field
+        elif field in looked_up:
+            assert stored[field] is not None, field
+        else:
+            assert stored[field] == ABSENT[field], field
+    assert set(history[0]["fields"]) <= set(body) - looked_up
+    return stored
+
+
+async def test_import_refuses_what_admission_needs_and_invents_nothing(
+    node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path, VALID, TWO_RULES, NO_PARTNERS)
+    first = await import_rows(platform, read_file(path), source=path.name)
+    assert first.exit_code == 1
+    out = "\n".join(first.summary_lines(node.url)) + "\n"
+    assert re.search(r"^  added:\s+1$", out, re.M) and re.search(r"^  rejected:\s+2$", out, re.M)
+    assert (
+        "line 3 (Kleinsthausen): population: members have 10,000 to 250,000 inhabitants (got "
+        "5,000); give exception_reason for a documented exception; contact: a contact person "
+        "is needed\n"
+    ) in out
+    assert (
+        "line 4 (Nürtingen): partners: at least 3 partners are needed (got 0); partners: at "
+        "least one partner from civil society is needed; partners: at least one partner from "
+        "administration is needed\n"
+    ) in out
+    assert await member_ids(staff) == {"musterstadt"}
+
+    reason = "Gründungsmitglied; Partner werden bis März 2027 benannt"
+    code, out, err = await run_command(
+        str(path), "--url", node.url, "--token", PLATFORM, "--exception-reason", reason
+    )
+    assert code == 0, (out, err)
+    assert re.search(r"^  added:\s+2$", out, re.M) and re.search(r"present:\s+1$", out, re.M)
+    assert (
+        "exception_reason from --exception-reason (admission rules broken): 2 (lines 3, 4)" in out
+    )
+    assert "Looked up by the registry (GeoNames), per field: lat 1, lon 1" in out
+    rows = {r.member_id: r.body for r in read_file(path)}
+    assert await member_ids(staff) == set(rows)
+    valid = await assert_only_given(staff, rows["musterstadt"])
+    assert valid["exception_reason"] is None  # it broke no rule: no exception stated for it
+    for member_id in ("kleinsthausen", "nuertingen"):
+        stored = await assert_only_given(staff, {**rows[member_id], "exception_reason": reason})
+        assert stored["exception_reason"] == reason  # verbatim
+    nuertingen = await assert_only_given(staff, {**rows["nuertingen"], "exception_reason": reason})
+    assert nuertingen["partners"] == [] and nuertingen["lat"] is not None
+    assert (await staff.get("/api/members/kleinsthausen")).json()["contact"] is None

@@ -63,6 +63,18 @@ async def test_the_same_invalid_member_is_refused_identically_on_every_way_in(
     assert dead["value"]["error"] == f"admission refused: {'; '.join(over_http)}"
     assert (await staff.get("/api/members")).json()["total"] == 0
 
+    # A change is held to the same rules, every broken one named; labels work there too.
+    valid = member_body("kleinsthausen", "2024-01-01", name="Kleinsthausen")
+    assert (await platform.post("/api/members", json=valid)).status_code == 201
+    change = {"population": 5, "partners": [{"name": "Dorfladen", "sector": "business"}],
+              "contact": None}  # fmt: skip
+    refused = await platform.patch("/api/members/kleinsthausen", json=change)
+    assert messages_of(refused) == over_http
+    relabelled = await platform.patch(
+        "/api/members/kleinsthausen", json={"interests": ["Vernetzung"]}
+    )
+    assert relabelled.status_code == 200 and relabelled.json()["interests"] == ["networking"]
+
 
 async def test_german_topic_labels_are_stored_as_slugs_on_every_way_in(
     node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient, tmp_path: Path

@@ -113,7 +113,7 @@ class ImportReport:
         return [r for r in self.results if r.status in ("added", "valid")]
 
     def looked_up_counts(self) -> dict[str, int]:
-        """Per field, on how many added lines the registry looked it up."""
+        """Per field, on how many added (dry run: valid) lines the registry looked it up."""
         return dict(Counter(f for r in self.stored for f in r.looked_up))
 
     @property
@@ -159,8 +159,8 @@ class ImportReport:
             looked_up = self.looked_up_counts()
             if looked_up:
                 lines.append(
-                    "Looked up by the registry (GeoNames), per field: "
-                    + ", ".join(f"{f} {n}" for f, n in looked_up.items())
+                    f"{'To be looked up' if self.dry_run else 'Looked up'} by the registry "
+                    "(GeoNames), per field: " + ", ".join(f"{f} {n}" for f, n in looked_up.items())
                 )
         if self.unmapped_tags:
             tags = ", ".join(
@@ -250,18 +250,23 @@ def local_problems(body: dict[str, Any]) -> list[Problem]:
     """What the registry would answer for ``body``, found here: the model's validation, then
     the admission (:func:`services.registry.admission.check`, GeoNames look-up included).
     Messages as ``"field: message"`` like the registry's 422."""
+    return _local(body)[0]
+
+
+def _local(body: dict[str, Any]) -> tuple[list[Problem], tuple[str, ...]]:
+    """:func:`local_problems`, and the fields GeoNames would fill in."""
     try:
         member = MemberRegistration.model_validate(body)
     except ValidationError as error:
         return [
             (str(e["loc"][0]) if e["loc"] else "", _where(e["loc"], e["msg"]), e["type"])
             for e in error.errors(include_url=False)
-        ]
+        ], ()
     try:
-        check(member)
+        admission = check(member)
     except AdmissionRefused as refused:
-        return [(v.field, str(v), v.kind) for v in refused.problems]
-    return []
+        return [(v.field, str(v), v.kind) for v in refused.problems], ()
+    return [], admission.looked_up
 
 
 def _where(loc: Sequence[Any], message: str) -> str:
@@ -282,13 +287,17 @@ def check_locally(line: ImportLine, exception_reason: str | None = None) -> Line
     (also when it breaks admission rules only and ``exception_reason`` is given)."""
     if line.source.problems:
         return _unreadable(line)
-    problems = local_problems(line.body)
+    problems, looked_up = _local(line.body)
     if not problems:
-        return LineResult(line.line, line.name, line.member_id, "valid")
+        return LineResult(line.line, line.name, line.member_id, "valid", looked_up=looked_up)
     if exception_reason and _exception_applies(line.body, [kind for _, _, kind in problems]):
         with_reason = {**line.body, "exception_reason": exception_reason}
-        if not local_problems(with_reason):
-            return LineResult(line.line, line.name, line.member_id, "valid", exception_stated=True)
+        lifted, looked_up = _local(with_reason)
+        if not lifted:
+            return LineResult(
+                line.line, line.name, line.member_id, "valid",
+                exception_stated=True, looked_up=looked_up,
+            )  # fmt: skip
     reasons = tuple(message for _, message, _ in problems)
     return LineResult(line.line, line.name, line.member_id, "rejected", reasons)
 

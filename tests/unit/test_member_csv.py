@@ -137,3 +137,26 @@ def test_unknown_topic_lists_slugs_and_labels() -> None:
         MemberRegistration.model_validate(
             member_body("goeppingen", "2024-01-01", strengths=["Raumfahrt"])
         )
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_curl_example_is_admitted() -> None:
+    import json
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Registering a member", 1)[1]
+    body = json.loads(re.search(r"-d '(\{.*?\})'", section, re.S).group(1))  # type: ignore[union-attr]
+    admission = check(MemberRegistration.model_validate(body))
+    assert admission.looked_up == ("lat", "lon")
+    assert admission.member.interests == ["democracy", "young_engagement"]
+
+
+def test_the_example_import_file_is_valid_as_it_stands() -> None:
+    rows = read_file(ROOT / "examples" / "members-import.csv")
+    results = [check_locally(row) for row in rows]
+    assert [r.status for r in results] == ["valid", "valid"]
+    assert results[1].looked_up == ("population", "lat", "lon")  # Goch: blank in the file
+    assert all("contact" in r.body and len(r.body["partners"]) == 3 for r in rows)

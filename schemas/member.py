@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from schemas.topics import topic_vocabulary
+from schemas.topics import topic_choices, topic_slug
 
 Kind = Literal["city", "municipality", "district"]
 Region = Literal["north", "east", "south", "west"]
@@ -48,15 +48,16 @@ def region_of(state: str) -> Region:
 
 
 def _known_topics(values: list[str]) -> list[str]:
-    vocabulary = topic_vocabulary()
-    unknown = [v for v in values if v not in vocabulary]
+    """Slugs or German labels of the vocabulary, as slugs."""
+    slugs = [topic_slug(v) for v in values]
+    unknown = [v for v, s in zip(values, slugs, strict=True) if s is None]
     if unknown:
         raise ValueError(
             f"unknown topic(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(sorted(vocabulary))}"
+            f"allowed (slug or German label): {', '.join(topic_choices())}"
         )
     # Keep the caller's order but drop repeats: a topic counts once.
-    return list(dict.fromkeys(values))
+    return list(dict.fromkeys(s for s in slugs if s is not None))
 
 
 TopicList = Annotated[list[str], AfterValidator(_known_topics)]
@@ -110,6 +111,8 @@ class MemberProfile(BaseModel):
     def _derive(self) -> MemberProfile:
         if self.region is None:
             self.region = region_of(self.state)
+            # Derived, not given: the history must not list it among the caller's fields.
+            self.__pydantic_fields_set__.discard("region")
         if (self.lat is None) != (self.lon is None):
             raise ValueError("lat and lon must be given together")
         return self

@@ -1,7 +1,8 @@
 """The topic vocabulary shared by interests, strengths and advice requests.
 
 Operators may extend it with ``TANDEM_EXTRA_TOPICS`` (comma-separated slugs); values outside the
-vocabulary are refused at the edges (422 over HTTP, the DLQ on events).
+vocabulary are refused at the edges (422 over HTTP, the DLQ on events). Each built-in topic's
+German label (``"Digitalisierung"``) is accepted as input too and stands for its slug.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TOPICS: tuple[str, ...] = (
     "networking",
 )
 
-#: German labels, for reasons shown to programme staff.
+#: German labels: shown to programme staff, and accepted as input for the slug.
 TOPIC_LABELS_DE: dict[str, str] = {
     "digitalisation": "Digitalisierung",
     "sustainability": "Nachhaltigkeit",
@@ -40,6 +41,8 @@ TOPIC_LABELS_DE: dict[str, str] = {
     "networking": "Vernetzung",
 }
 
+_SLUG_OF_LABEL: dict[str, str] = {label.casefold(): slug for slug, label in TOPIC_LABELS_DE.items()}
+
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 
 
@@ -51,6 +54,31 @@ def topic_vocabulary() -> frozenset[str]:
     if bad:
         raise ValueError(f"TANDEM_EXTRA_TOPICS holds invalid topic slugs: {', '.join(bad)}")
     return frozenset(TOPICS) | frozenset(added)
+
+
+def topic_slug(value: str) -> str | None:
+    """The slug ``value`` names: a slug of the vocabulary, or the German label of a built-in
+    topic (case and surrounding blanks do not matter, e.g. ``"Digitalisierung"``); ``None`` if
+    it names no topic."""
+    vocabulary = topic_vocabulary()
+    if value in vocabulary:
+        return value
+    key = value.strip().casefold()
+    for slug in vocabulary:
+        if slug.casefold() == key:
+            return slug
+    return _SLUG_OF_LABEL.get(key)
+
+
+def sorted_vocabulary() -> list[str]:
+    """The vocabulary in a stable order: the built-in topics as listed, then the added ones."""
+    extra = sorted(topic_vocabulary() - frozenset(TOPICS))
+    return [*TOPICS, *extra]
+
+
+def topic_choices() -> list[str]:
+    """Every topic as ``"slug (German label)"``, for error messages."""
+    return [f"{t} ({topic_label(t)})" for t in sorted_vocabulary()]
 
 
 def topic_label(topic: str) -> str:

@@ -195,7 +195,9 @@ def import_members(
     file: Annotated[
         Path,
         typer.Argument(
-            help="CSV with the columns of services/demo/members.csv (more are ignored).",
+            help="CSV with the columns of services/demo/members.csv plus contact_name, "
+            "contact_email, partners (Name|sector;...), mentor_capacity, seeks_tandem, wishes "
+            "(more are ignored); see the README.",
             show_default=False,
         ),
     ],
@@ -213,6 +215,14 @@ def import_members(
             help="Members that joined in this year or later seek a tandem (default: none do).",
         ),
     ] = None,
+    exception_reason: Annotated[
+        str | None,
+        typer.Option(
+            "--exception-reason",
+            help="Why the admission rules do not apply: sent verbatim as exception_reason for "
+            "lines refused for admission rules only (nothing else is filled in).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the file locally; send nothing.")
     ] = False,
@@ -221,12 +231,14 @@ def import_members(
     ] = 4,
 ) -> None:
     """Register existing members from a CSV through the registry's API, with a per-line
-    summary. Exit 1 if a line was rejected, 2 for unusable input or an unreachable registry."""
-    from services.registry.importer import main
+    summary naming every broken rule. Nothing missing is invented: the registry looks up a
+    missing population or coordinates in GeoNames. Exit 1 if a line was rejected, 2 for
+    unusable input or an unreachable registry."""
+    from services.importer import main
 
     code = main(
-        file, url=url, token=token, newcomer_year=newcomer_year, dry=dry_run,
-        concurrency=concurrency, err=console,
+        file, url=url, token=token, newcomer_year=newcomer_year,
+        exception_reason=exception_reason, dry=dry_run, concurrency=concurrency, err=console,
     )  # fmt: skip
     raise typer.Exit(code)
 

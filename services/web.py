@@ -14,6 +14,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import generate
+from schemas.topics import sorted_vocabulary, topic_label
 from services.infra.auth import TokenBook
 from services.infra.consumer import consumer_lag, run_consumer
 from services.infra.http import BodyLimit
@@ -107,6 +108,13 @@ def create_app(
 
     app.mount("/ui/static", StaticFiles(directory=STAFF_DIR / "static"), name="staff-static")
     app.include_router(staff_router)
+
+    @app.get("/api/topics", tags=["members"], summary="The topic vocabulary")
+    async def topics() -> dict[str, Any]:
+        """Every topic interests, strengths and advice requests may name: its slug (stored) and
+        its German label (accepted as input too). No token needed."""
+        items = [{"slug": t, "label": topic_label(t)} for t in sorted_vocabulary()]
+        return {"items": items, "total": len(items)}
 
     @app.get("/health", tags=["operations"], summary="200 while the process lives")
     async def health() -> dict[str, str]:

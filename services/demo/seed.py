@@ -17,5 +17,5 @@ async def seed_registry(registry: RegistryService) -> int:
         return 0
     members = load_network()
     for member in members:
-        await registry.register(member.registration, actor="seed")
+        await registry.admit(member.registration, actor="seed")
     return len(members)

@@ -1,13 +1,25 @@
-"""Admission rules of the network (plain domain logic, no I/O)."""
+"""Admission of a member: the network's rules, and the one check every way in applies.
+
+:func:`admission_violations` is plain domain logic (no I/O). :func:`check` is the admission's
+decision as the registry takes it, for the HTTP API, ``member.admitted`` and (through the API)
+``tandem import`` alike: the gazetteer first (a missing population or missing coordinates
+looked up in GeoNames, never guessed), then every rule, all broken ones named at once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from schemas.member import MemberRegistration
+from services.registry import gazetteer
 
 POPULATION_RANGE = (10_000, 250_000)
 MIN_PARTNERS = 3
+
+#: ``"admission_rule"``: a rule of the network (``exception_reason`` lifts it);
+#: ``"gazetteer"``: a population that was neither given nor found (nothing lifts that).
+ProblemKind = Literal["admission_rule", "gazetteer"]
 
 
 @dataclass(frozen=True)
@@ -16,20 +28,24 @@ class RuleViolation:
 
     field: str
     message: str
+    kind: ProblemKind = "admission_rule"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 def admission_violations(member: MemberRegistration) -> list[RuleViolation]:
-    """The admission rules ``member`` breaks; none when ``exception_reason`` says why they do
-    not apply (real members do not always fit, e.g. Bielefeld with over 300,000 inhabitants).
-    A registration still without population (the gazetteer fills it in before these rules) is
-    refused whatever the exception."""
-    if member.population is None:
-        return [RuleViolation("population", "population is required")]
-    if member.exception_reason and member.exception_reason.strip():
-        return []
+    """Every admission rule ``member`` breaks; of the rules only a missing population when
+    ``exception_reason`` says why they do not apply (real members do not always fit, e.g.
+    Bielefeld with over 300,000 inhabitants). A registration still without population (the
+    gazetteer fills it in before these rules) is refused whatever the exception."""
     problems: list[RuleViolation] = []
+    if member.population is None:
+        problems.append(RuleViolation("population", "population is required"))
+    if member.exception_reason and member.exception_reason.strip():
+        return problems
     low, high = POPULATION_RANGE
-    if not low <= member.population <= high:
+    if member.population is not None and not low <= member.population <= high:
         problems.append(
             RuleViolation(
                 "population",
@@ -53,3 +69,40 @@ def admission_violations(member: MemberRegistration) -> list[RuleViolation]:
     if member.contact is None:
         problems.append(RuleViolation("contact", "a contact person is needed"))
     return problems
+
+
+class AdmissionRefused(ValueError):
+    """The registration breaks admission rules; :attr:`problems` names every one."""
+
+    def __init__(self, problems: list[RuleViolation]) -> None:
+        super().__init__("; ".join(map(str, problems)))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A registration that passed: completed by the gazetteer where it lacked values."""
+
+    member: MemberRegistration
+    #: The fields the gazetteer filled in (in :data:`gazetteer.LOOKUP_FIELDS` order).
+    looked_up: tuple[str, ...] = ()
+
+
+def check(member: MemberRegistration, places: gazetteer.Gazetteer | None = None) -> Admission:
+    """The admission decision: look up what is missing in the gazetteer, then apply every rule.
+    Raises :class:`AdmissionRefused` naming every problem (a population neither given nor
+    found first, then the rules in the order of :func:`admission_violations`)."""
+    problems: list[RuleViolation] = []
+    looked_up: tuple[str, ...] = ()
+    try:
+        completion = gazetteer.complete(member, places)
+    except gazetteer.GazetteerError as error:
+        problems.append(RuleViolation("population", str(error), "gazetteer"))
+    else:
+        member, looked_up = completion.member, completion.looked_up
+    problems += [
+        v for v in admission_violations(member) if not (problems and v.field == "population")
+    ]
+    if problems:
+        raise AdmissionRefused(problems)
+    return Admission(member, looked_up)

@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 
 from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.auth import Principal
-from services.infra.http import Page, SafeRoute, field_errors, require
-from services.registry import gazetteer, store
-from services.registry.admission import admission_violations
+from services.infra.http import Page, SafeRoute, require
+from services.registry import store
+from services.registry.admission import AdmissionRefused
 from services.registry.service import RegistryService
 
 router = APIRouter(prefix="/api/members", tags=["members"], route_class=SafeRoute)
@@ -40,26 +40,35 @@ async def register_member(
     service: Annotated[RegistryService, Depends(_service)],
 ) -> JSONResponse:
     """Store the member and publish ``city.joined`` (through the outbox, so also when the
-    broker is down). 422 with per-field errors, 409 if the id exists.
+    broker is down). 422 naming every broken rule and field, 409 if the id exists.
 
     A missing population or missing coordinates are looked up in the GeoNames gazetteer by
     name and state; the answer's ``looked_up`` names the fields filled in (also recorded in the
     member's history). A population that cannot be looked up (no entry, or several places of
-    that name) is a 422 naming the candidates; coordinates that cannot be stay empty."""
+    that name) is a 422 naming the candidates; coordinates that cannot be stay empty. Topics
+    may be given as slugs or German labels (stored as slugs)."""
     try:
-        completion = await gazetteer.fill_in(member)
-    except gazetteer.GazetteerError as error:
-        return field_errors([("population", str(error))], kind="gazetteer")
-    member = completion.member
-    violations = admission_violations(member)
-    if violations:
-        return field_errors([(v.field, v.message) for v in violations])
-    try:
-        row = await service.register(member, actor=principal.name, looked_up=completion.looked_up)
+        admitted = await service.admit(member, actor=principal.name)
+    except AdmissionRefused as refused:
+        return _refused(refused)
     except store.DuplicateMember as error:
         raise HTTPException(status_code=409, detail=f"member {error} exists already") from error
+    assert admitted is not None  # no guard: always stored or refused
     return JSONResponse(
-        status_code=201, content={**_out(row), "looked_up": list(completion.looked_up)}
+        status_code=201, content={**_out(admitted.row), "looked_up": list(admitted.looked_up)}
+    )
+
+
+def _refused(refused: AdmissionRefused) -> JSONResponse:
+    """A 422 in FastAPI's shape, one entry per broken rule."""
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": [
+                {"loc": ["body", v.field], "msg": v.message, "type": v.kind}
+                for v in refused.problems
+            ]
+        },
     )
 
 
@@ -107,7 +116,7 @@ async def update_member(
     """Same validation as registration; publishes ``city.updated`` when anything changed.
     404 if unknown, 409 if the member left, 422 with per-field errors."""
     try:
-        row, _changed = await service.update(member_id, change, actor=principal.name)
+        row, _changed = await service.change(member_id, change, actor=principal.name)
     except store.MemberNotFound as error:
         raise _missing(member_id) from error
     except store.MemberLeft as error:

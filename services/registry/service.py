@@ -7,9 +7,13 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.db import make_engine, migrate
@@ -20,7 +24,7 @@ from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.records import PoisonRecord, decode_record, payload_digest
 from services.infra.settings import RegistrySettings
 from services.registry import gazetteer, store, tables
-from services.registry.admission import admission_violations
+from services.registry.admission import AdmissionRefused, admission_violations, check
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,14 @@ def _today() -> dt.date:
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A member the registry admitted: its stored row and the fields the gazetteer filled in."""
+
+    row: dict[str, Any]
+    looked_up: tuple[str, ...] = ()
 
 
 class RegistryService:
@@ -59,21 +71,65 @@ class RegistryService:
             await close()
         await self.engine.dispose()
 
-    async def register(
-        self, member: MemberRegistration, actor: str, looked_up: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        """Store ``member`` with its ``city.joined`` and wake the relay. ``looked_up``: the
-        fields the gazetteer filled in (recorded in the history)."""
-        row = await store.register(self.engine, member, actor, _today(), looked_up)
+    async def admit(
+        self,
+        member: MemberRegistration,
+        actor: str,
+        *,
+        guard: Callable[[AsyncConnection], Awaitable[bool]] | None = None,
+    ) -> Admitted | None:
+        """The admission of a member, whichever way it comes in (HTTP API, ``member.admitted``,
+        ``tandem import`` through the API, the demo's seed): the gazetteer fills in a missing
+        population or missing coordinates, the admission rules are applied (all broken ones
+        named in :class:`AdmissionRefused`), then the member, its history (with the looked-up
+        fields) and its ``city.joined`` are stored in one transaction and the relay woken.
+
+        ``guard`` runs first in that transaction (e.g. the consumer's dedup); if it answers
+        False nothing is stored and None is returned. Raises :class:`AdmissionRefused` or
+        :class:`store.DuplicateMember`."""
+        if gazetteer.needs_lookup(member):
+            admission = await asyncio.to_thread(check, member)  # the first look-up reads data
+        else:
+            admission = check(member)
+        if guard is None:
+            row = await store.register(
+                self.engine, admission.member, actor, _today(), admission.looked_up
+            )
+        else:
+            try:
+                async with self.engine.begin() as connection:
+                    if not await guard(connection):
+                        return None
+                    row = await store.add_member(
+                        connection, admission.member, actor, _today(), admission.looked_up
+                    )
+            except IntegrityError as error:  # a concurrent registration won the race
+                raise store.DuplicateMember(member.id) from error
         self.relay.wake()
         log.info("member registered", extra={"member_id": member.id, "actor": actor})
-        return row
+        return Admitted(row, admission.looked_up)
 
-    async def update(
+    async def change(
         self, member_id: str, change: MemberUpdate, actor: str
     ) -> tuple[dict[str, Any], list[str]]:
-        """Change a member's profile; ``city.updated`` follows through the outbox."""
-        row, changed = await store.update_member(self.engine, member_id, change, actor)
+        """Change a member's profile under the registration's validation and the same admission
+        rules (all broken ones named); ``city.updated`` follows through the outbox. Raises
+        :class:`store.InvalidChange`, :class:`store.MemberNotFound`, :class:`store.MemberLeft`."""
+
+        def rules(member: MemberRegistration) -> None:
+            problems = admission_violations(member)
+            if problems:
+                raise AdmissionRefused(problems)
+
+        try:
+            row, changed = await store.update_member(
+                self.engine, member_id, change, actor, check=rules
+            )
+        except AdmissionRefused as refused:
+            raise store.InvalidChange(
+                [{"loc": ["body", v.field], "msg": v.message, "type": v.kind}
+                 for v in refused.problems]
+            ) from refused  # fmt: skip
         if changed:
             self.relay.wake()
             log.info("member updated", extra={"member_id": member_id, "fields": changed})
@@ -103,14 +159,26 @@ class RegistryService:
                 await enqueue_dead_letter(connection, tables.outbox, letter)
             return
         member: MemberRegistration = envelope.data
-        looked_up: tuple[str, ...] = ()
+
+        async def first_delivery(connection: AsyncConnection) -> bool:
+            seen = await seen_before(
+                connection, tables.processed_events, str(envelope.id), envelope.type,
+                payload_digest(envelope),
+            )  # fmt: skip
+            return not seen
+
         try:
-            completion = await gazetteer.fill_in(member)
-        except gazetteer.GazetteerError as error:
-            problems = f"population: {error}"
-        else:
-            member, looked_up = completion.member, completion.looked_up
-            problems = "; ".join(f"{v.field}: {v.message}" for v in admission_violations(member))
+            await self.admit(member, "platform (member.admitted)", guard=first_delivery)
+            return
+        except ReusedEventId as error:
+            async with self.engine.begin() as connection:
+                letter = dead_letter(record, error, consumer="registry")
+                await enqueue_dead_letter(connection, tables.outbox, letter)
+            return
+        except AdmissionRefused as refused:
+            problems = "; ".join(map(str, refused.problems))
+        except store.DuplicateMember:
+            problems = f"member {member.id} exists already"
         async with self.engine.begin() as connection:
             try:
                 if await seen_before(connection, tables.processed_events, str(envelope.id),
@@ -120,15 +188,6 @@ class RegistryService:
                 letter = dead_letter(record, error, consumer="registry")
                 await enqueue_dead_letter(connection, tables.outbox, letter)
                 return
-            if not problems:
-                try:
-                    await store.add_member(
-                        connection, member, "platform (member.admitted)", _today(), looked_up
-                    )
-                    log.info("member admitted by event", extra={"member_id": member.id})
-                    return
-                except store.DuplicateMember:
-                    problems = f"member {member.id} exists already"
             letter = dead_letter(record, f"admission refused: {problems}", consumer="registry")
             await enqueue_dead_letter(connection, tables.outbox, letter)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -30,7 +30,8 @@ class MemberLeft(Exception):
 
 
 class InvalidChange(ValueError):
-    """The changed member breaks the model's validation or an admission rule."""
+    """The changed member breaks the model's validation or an admission rule (``errors``: the
+    422 entries, every one)."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("invalid change")
@@ -216,14 +217,17 @@ async def _locked_member(connection: AsyncConnection, member_id: str) -> RowMapp
 
 
 async def update_member(
-    engine: AsyncEngine, member_id: str, change: MemberUpdate, actor: str
+    engine: AsyncEngine,
+    member_id: str,
+    change: MemberUpdate,
+    actor: str,
+    check: Callable[[MemberRegistration], object] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Apply ``change`` with the registration's validation and admission rules; record the
-    history and queue ``city.updated`` when anything changed. Returns the row and the names of
-    the changed fields."""
+    """Apply ``change`` with the registration's validation; ``check`` sees the changed member
+    before anything is written (the service's admission rules: it raises to refuse, which
+    rolls back). Records the history and queues ``city.updated`` when anything changed.
+    Returns the row and the names of the changed fields."""
     from pydantic import ValidationError
-
-    from services.registry.admission import admission_violations
 
     given = change.model_dump(exclude_unset=True, mode="json")
     async with engine.begin() as connection:
@@ -238,12 +242,8 @@ async def update_member(
             raise InvalidChange(
                 [{**e, "loc": ["body", *e["loc"]]} for e in error.errors(include_url=False)]
             ) from error
-        problems = admission_violations(member)
-        if problems:
-            raise InvalidChange(
-                [{"loc": ["body", v.field], "msg": v.message, "type": "admission_rule"}
-                 for v in problems]
-            )  # fmt: skip
+        if check is not None:
+            check(member)
         values = member_row(member, row["joined"])
         values["seeks_tandem"] = (
             member.seeks_tandem if member.seeks_tandem is not None else row["seeks_tandem"]

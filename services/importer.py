@@ -1,11 +1,15 @@
 """``tandem import``: register existing members from a CSV file through the registry's API.
 
-The file has the columns of ``services/demo/members.csv`` (more are ignored) and is read by the
-demo's own parser (:func:`services.demo.network.read_rows`), so the import and the demo map the
-German tags the same way and fill in the same values, each marked estimated. Rows are sent to
-``POST /api/members`` a few at a time; the answer of each line is kept: added (201), already
-present (409), or rejected with the reasons (the registry's 422 messages, or why the row could
-not be read). Re-running an import is safe: what is registered already is reported as present.
+A client of the API that lives with the command line. The file is read by
+:mod:`services.member_csv` (the reader the demo uses too) and each line sent to
+``POST /api/members`` as it stands: the import never fills in a value. A missing population or
+missing coordinates are looked up by the registry in GeoNames (reported as looked up); a line
+that lacks what admission needs comes back with every broken rule named. With
+``--exception-reason TEXT`` a line refused only for admission rules is sent once more with that
+text, verbatim, as its ``exception_reason``; nothing else changes. Lines are sent a few at a
+time; each line's answer is kept: added (201), already present (409), or rejected with the
+reasons (the registry's 422 messages, or the cells that cannot be read). Re-running an import
+is safe: what is registered already is reported as present.
 
 Exit codes: 0 all lines added or present, 1 some line rejected, 2 unusable input (no file,
 missing columns, no token) or the registry unreachable or refusing the token.
@@ -19,29 +23,34 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import httpx
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from services.demo.network import ESTIMATED_FIELDS, NetworkDataError, NetworkRow, read_rows
-from services.registry.admission import admission_violations
+from schemas.member import MemberRegistration
+from services.member_csv import MemberFileError, MemberLine, read_lines
+from services.registry.admission import AdmissionRefused, check
 
 __all__ = [
     "CONCURRENCY",
     "DEFAULT_URL",
     "ImportAborted",
+    "ImportLine",
     "ImportReport",
     "LineResult",
     "UnusableInput",
+    "body_of",
     "check_locally",
     "dry_run",
     "import_rows",
+    "local_problems",
     "main",
     "read_file",
     "run",
-    "send_row",
+    "send_line",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -74,9 +83,7 @@ class LineResult:
     member_id: str | None
     status: Status
     reasons: tuple[str, ...] = ()
-    #: Fields the import filled in itself (not from the file), marked estimated.
-    estimated: tuple[str, ...] = ()
-    #: Whether the import stated an ``exception_reason`` (population outside the rule's range).
+    #: Whether ``--exception-reason`` was sent for this line (it broke admission rules only).
     exception_stated: bool = False
     #: Fields the registry looked up in its gazetteer (from the 201 answer).
     looked_up: tuple[str, ...] = ()
@@ -105,13 +112,8 @@ class ImportReport:
         """The lines this import registered (or, in a dry run, would register)."""
         return [r for r in self.results if r.status in ("added", "valid")]
 
-    def estimated_counts(self) -> dict[str, int]:
-        """Per field, on how many stored lines the import filled it in (file order of fields)."""
-        counts: Counter[str] = Counter(f for r in self.stored for f in r.estimated)
-        return {f: counts[f] for f in ESTIMATED_FIELDS if counts[f]}
-
     def looked_up_counts(self) -> dict[str, int]:
-        """Per field, on how many added lines the registry looked it up."""
+        """Per field, on how many added (dry run: valid) lines the registry looked it up."""
         return dict(Counter(f for r in self.stored for f in r.looked_up))
 
     @property
@@ -142,23 +144,23 @@ class ImportReport:
                 lines.append(f"  line {r.line}{name}: {'; '.join(r.reasons)}")
         stored = len(self.stored)
         if stored:
-            counts = self.estimated_counts()
-            filled = ", ".join(f"{f} {n}" for f, n in counts.items()) or "none"
             lines.append(
-                f"Estimated by the import (not in the file), per field, of {stored} "
-                f"{'valid' if self.dry_run else 'added'}: {filled}"
+                f"Filled in by the import: nothing (every value of the {stored} "
+                f"{'valid' if self.dry_run else 'added'} lines is from the file"
+                f"{'' if self.dry_run else ' or looked up by the registry'})"
             )
-            exceptions = sum(1 for r in self.stored if r.exception_stated)
+            exceptions = [r.line for r in self.stored if r.exception_stated]
             if exceptions:
                 lines.append(
-                    f"exception_reason stated by the import (population outside "
-                    f"10,000–250,000): {exceptions}"
+                    f"exception_reason from --exception-reason (admission rules broken): "
+                    f"{len(exceptions)} (line{'s' if len(exceptions) > 1 else ''} "
+                    f"{', '.join(map(str, exceptions))})"
                 )
             looked_up = self.looked_up_counts()
             if looked_up:
                 lines.append(
-                    "Looked up by the registry (GeoNames), per field: "
-                    + ", ".join(f"{f} {n}" for f, n in looked_up.items())
+                    f"{'To be looked up' if self.dry_run else 'Looked up'} by the registry "
+                    "(GeoNames), per field: " + ", ".join(f"{f} {n}" for f, n in looked_up.items())
                 )
         if self.unmapped_tags:
             tags = ", ".join(
@@ -176,10 +178,53 @@ class ImportReport:
         return lines
 
 
-def read_file(path: Path, newcomer_year: int | None = None) -> list[NetworkRow]:
-    """The rows of ``path`` (UTF-8, a byte-order mark is fine). Members that joined in
-    ``newcomer_year`` or later seek a tandem; ``None``: none do.
-    Raises :class:`UnusableInput` saying what is wrong with the file."""
+@dataclass(frozen=True)
+class ImportLine:
+    """One line of the file and the body the import sends for it."""
+
+    source: MemberLine
+    #: ``POST /api/members`` body: only what the line states (``seeks_tandem`` set explicitly
+    #: from the column or ``--newcomer-year``; the ``topics`` column as the member's strengths,
+    #: or its interests if it seeks a tandem).
+    body: dict[str, Any]
+
+    @property
+    def line(self) -> int:
+        """The line number in the file."""
+        return self.source.line
+
+    @property
+    def name(self) -> str:
+        """The name as the line gives it."""
+        return self.source.name
+
+    @property
+    def member_id(self) -> str | None:
+        """The member id the line states or its name yields."""
+        return self.source.member_id
+
+
+def body_of(line: MemberLine, newcomer_year: int | None = None) -> dict[str, Any]:
+    """What the import sends for ``line``: the values it states, nothing filled in.
+    ``seeks_tandem`` (which the import sets explicitly, as the contract says) is the column's
+    value, else whether the line joined in ``newcomer_year`` or later (``None``: false)."""
+    body = dict(line.values)
+    if "seeks_tandem" not in body:
+        body["seeks_tandem"] = bool(
+            line.join_year is not None and newcomer_year is not None
+            and line.join_year >= newcomer_year
+        )  # fmt: skip
+    if line.topics:
+        own = "interests" if body["seeks_tandem"] else "strengths"
+        body[own] = list(dict.fromkeys([*body.get(own, []), *line.topics]))
+    return body
+
+
+def read_file(path: Path, newcomer_year: int | None = None) -> list[ImportLine]:
+    """The lines of ``path`` (UTF-8, a byte-order mark is fine) with their bodies. Members
+    that joined in ``newcomer_year`` or later seek a tandem unless a ``seeks_tandem`` column
+    says otherwise; ``None``: none do. Raises :class:`UnusableInput` saying what is wrong with
+    the file."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -191,65 +236,104 @@ def read_file(path: Path, newcomer_year: int | None = None) -> list[NetworkRow]:
     except OSError as error:
         raise UnusableInput(f"{path}: cannot be read ({error.strerror})") from None
     try:
-        return read_rows(text, source=path.name, newcomer_year=newcomer_year)
-    except NetworkDataError as error:
+        lines = read_lines(text, source=path.name)
+    except MemberFileError as error:
         raise UnusableInput(str(error)) from None
+    return [ImportLine(line, body_of(line, newcomer_year)) for line in lines]
 
 
-def _stored(row: NetworkRow, status: Status, looked_up: Sequence[str] = ()) -> LineResult:
-    """The result of a line the registry took (or, in a dry run, would take)."""
-    assert row.member is not None
-    return LineResult(
-        row.line,
-        row.name,
-        row.member.id,
-        status,
-        estimated=row.member.estimated,
-        exception_stated=bool(row.member.registration.exception_reason),
-        looked_up=tuple(looked_up),
-    )
+#: A problem as ``(field, message, kind)``; kind as the registry's 422 ``type``.
+Problem = tuple[str, str, str]
 
 
-def check_locally(row: NetworkRow) -> LineResult:
-    """The line's result without the registry: rejected if the row cannot be read or breaks an
-    admission rule, else ``valid``."""
-    if row.member is None:
-        return LineResult(row.line, row.name, None, "rejected", (row.problem or "unreadable",))
-    problems = tuple(
-        f"{v.field}: {v.message}" for v in admission_violations(row.member.registration)
-    )
-    if problems:
-        return LineResult(row.line, row.name, row.member.id, "rejected", problems)
-    return _stored(row, "valid")
+def local_problems(body: dict[str, Any]) -> list[Problem]:
+    """What the registry would answer for ``body``, found here: the model's validation, then
+    the admission (:func:`services.registry.admission.check`, GeoNames look-up included).
+    Messages as ``"field: message"`` like the registry's 422."""
+    return _local(body)[0]
 
 
-def _messages(response: httpx.Response) -> tuple[str, ...]:
-    """The registry's error messages: ``"field: message"`` per 422 entry, else the detail."""
+def _local(body: dict[str, Any]) -> tuple[list[Problem], tuple[str, ...]]:
+    """:func:`local_problems`, and the fields GeoNames would fill in."""
+    try:
+        member = MemberRegistration.model_validate(body)
+    except ValidationError as error:
+        return [
+            (str(e["loc"][0]) if e["loc"] else "", _where(e["loc"], e["msg"]), e["type"])
+            for e in error.errors(include_url=False)
+        ], ()
+    try:
+        admission = check(member)
+    except AdmissionRefused as refused:
+        return [(v.field, str(v), v.kind) for v in refused.problems], ()
+    return [], admission.looked_up
+
+
+def _where(loc: Sequence[Any], message: str) -> str:
+    where = ".".join(str(part) for part in loc if part != "body")
+    return f"{where}: {message}" if where else message
+
+
+def _unreadable(line: ImportLine) -> LineResult:
+    """A line with cells that cannot be read: those, and what else is wrong with the rest."""
+    bad = {field for field, _ in line.source.problems}
+    reasons = [message for _, message in line.source.problems]
+    reasons += [m for f, m, _ in local_problems(line.body) if f not in bad]
+    return LineResult(line.line, line.name, line.member_id, "rejected", tuple(reasons))
+
+
+def check_locally(line: ImportLine, exception_reason: str | None = None) -> LineResult:
+    """The line's result without the registry: rejected naming every problem, else ``valid``
+    (also when it breaks admission rules only and ``exception_reason`` is given)."""
+    if line.source.problems:
+        return _unreadable(line)
+    problems, looked_up = _local(line.body)
+    if not problems:
+        return LineResult(line.line, line.name, line.member_id, "valid", looked_up=looked_up)
+    if exception_reason and _exception_applies(line.body, [kind for _, _, kind in problems]):
+        with_reason = {**line.body, "exception_reason": exception_reason}
+        lifted, looked_up = _local(with_reason)
+        if not lifted:
+            return LineResult(
+                line.line, line.name, line.member_id, "valid",
+                exception_stated=True, looked_up=looked_up,
+            )  # fmt: skip
+    reasons = tuple(message for _, message, _ in problems)
+    return LineResult(line.line, line.name, line.member_id, "rejected", reasons)
+
+
+def _exception_applies(body: dict[str, Any], kinds: Sequence[str]) -> bool:
+    """Whether ``--exception-reason`` is for this refusal: only admission rules were broken
+    and the line states no reason of its own."""
+    return not body.get("exception_reason") and all(k == "admission_rule" for k in kinds)
+
+
+def _answer(response: httpx.Response) -> list[tuple[str, str]]:
+    """The registry's error: ``(message, type)`` per 422 entry (message as ``"field: msg"``),
+    else the detail."""
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
         detail = None
     if isinstance(detail, list):
-        messages = []
+        entries: list[tuple[str, str]] = []
         for entry in detail:
             if not isinstance(entry, dict):
-                messages.append(str(entry))
+                entries.append((str(entry), ""))
                 continue
-            loc = [str(part) for part in entry.get("loc", []) if part != "body"]
-            where = ".".join(loc)
-            messages.append(f"{where}: {entry.get('msg')}" if where else str(entry.get("msg")))
-        return tuple(messages) or (f"HTTP {response.status_code}",)
+            message = _where(entry.get("loc", []), str(entry.get("msg")))
+            entries.append((message, str(entry.get("type", ""))))
+        return entries or [(f"HTTP {response.status_code}", "")]
     if detail:
-        return (str(detail),)
-    return (f"HTTP {response.status_code}: {response.text[:200]}".rstrip(": "),)
+        return [(str(detail), "")]
+    return [(f"HTTP {response.status_code}: {response.text[:200]}".rstrip(": "), "")]
 
 
-async def send_row(client: httpx.AsyncClient, row: NetworkRow) -> LineResult:
-    """Register one row (rows that cannot be read are rejected without a request).
-    Raises :class:`ImportAborted` if the registry cannot be reached or refuses the token."""
-    if row.member is None:
-        return check_locally(row)
-    body = row.member.registration.model_dump(mode="json", exclude_none=True)
+def _messages(response: httpx.Response) -> tuple[str, ...]:
+    return tuple(message for message, _ in _answer(response))
+
+
+async def _post(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
     try:
         response = await client.post("/api/members", json=body)
     except httpx.TransportError as error:
@@ -261,15 +345,39 @@ async def send_row(client: httpx.AsyncClient, row: NetworkRow) -> LineResult:
             f"the registry refused the token ({response.status_code}: "
             f"{'; '.join(_messages(response))}); a platform or staff token is needed"
         )
+    return response
+
+
+async def send_line(
+    client: httpx.AsyncClient, line: ImportLine, exception_reason: str | None = None
+) -> LineResult:
+    """Register one line (lines with cells that cannot be read are rejected without a
+    request). A line refused for admission rules only is sent once more with
+    ``exception_reason``, if given. Raises :class:`ImportAborted` if the registry cannot be
+    reached or refuses the token."""
+    if line.source.problems:
+        return _unreadable(line)
+    response = await _post(client, line.body)
+    stated = False
+    if (
+        response.status_code == 422
+        and exception_reason
+        and _exception_applies(line.body, [kind for _, kind in _answer(response)])
+    ):
+        response = await _post(client, {**line.body, "exception_reason": exception_reason})
+        stated = True
     if response.status_code == 201:
         try:
             looked_up = response.json().get("looked_up") or ()
         except (ValueError, AttributeError):
             looked_up = ()
-        return _stored(row, "added", [str(f) for f in looked_up])
+        return LineResult(
+            line.line, line.name, line.member_id, "added",
+            exception_stated=stated, looked_up=tuple(str(f) for f in looked_up),
+        )  # fmt: skip
     if response.status_code == 409:
-        return LineResult(row.line, row.name, row.member.id, "present")
-    return LineResult(row.line, row.name, row.member.id, "rejected", _messages(response))
+        return LineResult(line.line, line.name, line.member_id, "present")
+    return LineResult(line.line, line.name, line.member_id, "rejected", _messages(response))
 
 
 def _describe(error: Exception) -> str:
@@ -279,21 +387,23 @@ def _describe(error: Exception) -> str:
 
 async def import_rows(
     client: httpx.AsyncClient,
-    rows: Sequence[NetworkRow],
+    rows: Sequence[ImportLine],
     *,
     source: str = "",
     concurrency: int = CONCURRENCY,
+    exception_reason: str | None = None,
     on_result: Callable[[LineResult], None] | None = None,
 ) -> ImportReport:
     """Send ``rows`` through ``client`` (base URL and token set), ``concurrency`` at a time.
+    ``exception_reason``: sent, verbatim, for lines refused for admission rules only.
     ``on_result`` is called for each line as it is answered. If the registry becomes
     unreachable or refuses the token, the rest is not sent and the report says why."""
     gate = asyncio.Semaphore(max(1, concurrency))
     results: dict[int, LineResult] = {}
 
-    async def one(row: NetworkRow) -> None:
+    async def one(row: ImportLine) -> None:
         async with gate:
-            result = await send_row(client, row)
+            result = await send_line(client, row, exception_reason)
         results[row.line] = result
         if on_result is not None:
             on_result(result)
@@ -315,16 +425,21 @@ async def import_rows(
     return report
 
 
-def _note_unmapped(report: ImportReport, rows: Sequence[NetworkRow]) -> None:
+def _note_unmapped(report: ImportReport, rows: Sequence[ImportLine]) -> None:
     for row in rows:
-        if row.member is not None:
-            for tag in row.member.unmapped_tags:
-                report.unmapped_tags.setdefault(tag, []).append(row.line)
+        for tag in row.source.unmapped_tags:
+            report.unmapped_tags.setdefault(tag, []).append(row.line)
 
 
-def dry_run(rows: Sequence[NetworkRow], source: str = "") -> ImportReport:
-    """Check every row locally (reading, model, admission rules); nothing is sent."""
-    report = ImportReport(source=source, results=[check_locally(r) for r in rows], dry_run=True)
+def dry_run(
+    rows: Sequence[ImportLine], source: str = "", exception_reason: str | None = None
+) -> ImportReport:
+    """Check every line locally (reading, model, GeoNames, admission rules); nothing is sent."""
+    report = ImportReport(
+        source=source,
+        results=[check_locally(r, exception_reason) for r in rows],
+        dry_run=True,
+    )
     _note_unmapped(report, rows)
     return report
 
@@ -335,6 +450,7 @@ async def run(
     url: str = DEFAULT_URL,
     token: str | None = None,
     newcomer_year: int | None = None,
+    exception_reason: str | None = None,
     dry: bool = False,
     concurrency: int = CONCURRENCY,
     err: Console | None = None,
@@ -345,7 +461,7 @@ async def run(
     sent); later failures end up in the report."""
     rows = read_file(path, newcomer_year)
     if dry:
-        return dry_run(rows, path.name)
+        return await asyncio.to_thread(dry_run, rows, path.name, exception_reason)
     if not token:
         raise UnusableInput("no token: give --token or set TANDEM_TOKEN (a platform token)")
     console = err or Console(stderr=True)
@@ -375,8 +491,9 @@ async def run(
                 progress.update(task, advance=1, last=f"line {result.line}: {result.status}")
 
             return await import_rows(
-                client, rows, source=path.name, concurrency=concurrency, on_result=advance
-            )
+                client, rows, source=path.name, concurrency=concurrency,
+                exception_reason=exception_reason, on_result=advance,
+            )  # fmt: skip
 
 
 async def _check_reachable(client: httpx.AsyncClient) -> None:
@@ -404,6 +521,7 @@ def main(
     url: str = DEFAULT_URL,
     token: str | None = None,
     newcomer_year: int | None = None,
+    exception_reason: str | None = None,
     dry: bool = False,
     concurrency: int = CONCURRENCY,
     out: TextIO | None = None,
@@ -416,8 +534,8 @@ def main(
     try:
         report = asyncio.run(
             run(
-                path, url=url, token=token, newcomer_year=newcomer_year, dry=dry,
-                concurrency=concurrency, err=console,
+                path, url=url, token=token, newcomer_year=newcomer_year,
+                exception_reason=exception_reason, dry=dry, concurrency=concurrency, err=console,
             )
         )  # fmt: skip
     except UnusableInput as error:

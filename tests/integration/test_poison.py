@@ -296,3 +296,24 @@ async def test_a_record_the_broker_refuses_is_parked_and_named_by_ready(
     assert "MessageSizeTooLargeError" in parked[0][1]
     metrics = (await staff.get("/metrics")).text
     assert 'tandem_outbox_parked_total{topic="city.joined"}' in metrics
+
+
+async def test_a_record_the_database_refuses_is_dead_lettered_and_the_rest_applied(
+    node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient
+) -> None:
+    """A valid event whose value no column holds (a revision of 10^30) fails in the database
+    on every delivery: the batch is applied record by record and that one dead-lettered."""
+    assert node.settings.broker is not None
+    bootstrap = node.settings.broker
+    await send(bootstrap, [
+        ("city.joined", "kleve", envelope("city.joined", public("kleve", "2015-01-01",
+                                                                revision=10**30))),
+        ("city.joined", "ammerbuch", envelope("city.joined", public("ammerbuch", "2015-01-01"))),
+        ("city.joined", "goch", envelope("city.joined", public("goch", "2024-05-01",
+                                                               seeks_tandem=True))),
+    ])  # fmt: skip
+    proposal = await eventually(lambda: proposal_of(staff, "goch", "pending"), "a proposal")
+    assert proposal[0]["mentor_id"] == "ammerbuch"
+    dead = await read_topic(bootstrap, "city.joined.dlq", lambda r: len(r) >= 1)
+    assert dead[0]["key"] == "kleve"
+    assert dead[0]["value"]["error"].startswith("the database refused it")

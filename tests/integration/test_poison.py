@@ -59,16 +59,21 @@ def quote_heavy_record(topic: str) -> bytes:
     return record
 
 
-async def send(bootstrap: str, records: list[tuple[str, str | None, bytes]]) -> None:
+async def send(
+    bootstrap: str,
+    records: list[tuple[str, str | None, bytes]],
+    headers: dict[int, list[tuple[str, bytes]]] | None = None,
+) -> None:
     """Send ``(topic, key, value)`` records in this order, all to partition 0 of their topic,
-    so the valid ones queue behind the poison."""
+    so the valid ones queue behind the poison; ``headers`` by index in ``records``."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * MIB)
     await producer.start()
     try:
-        for topic, key, value in records:
+        for index, (topic, key, value) in enumerate(records):
             await producer.send_and_wait(
-                topic, value, key=key.encode() if key else None, partition=0
-            )
+                topic, value, key=key.encode() if key else None, partition=0,
+                headers=(headers or {}).get(index),
+            )  # fmt: skip
     finally:
         await producer.stop()
 
@@ -124,7 +129,9 @@ async def test_deep_and_huge_records_on_every_consumed_topic_block_nothing(
     poison = {topic: [deep_record(topic), quote_heavy_record(topic)] for topic in CONSUMED}
     records = [(t, "goch", value) for t in CONSUMED for value in poison[t]]
     records += [(t, key, value) for t, (key, value) in valid.items()]
-    await send(bootstrap, records)
+    # A header that is not UTF-8 (FastStream decodes headers) stops nothing either.
+    bad_header = [("trace", b"\xff\xfe")]
+    await send(bootstrap, records, {i: bad_header for i in range(len(records))})
 
     # Every valid record behind the poison is applied.
     await eventually(lambda: proposal_of(staff, "goeppingen", "pending"), "member.admitted")

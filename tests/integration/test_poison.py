@@ -188,6 +188,16 @@ async def test_a_wrong_key_and_a_reused_envelope_id_go_to_the_dlq_with_the_reaso
                                              member_body("goch", "2024-01-01"), admitted_id)),
     ])  # fmt: skip
 
+    advice_id = str(uuid.uuid4())
+    asked = [
+        {"request_id": str(uuid.uuid4()), "city_id": "ammerbuch", "topics": [topic]}
+        for topic in ("democracy", "participation")
+    ]
+    await send(bootstrap, [
+        ("advice.requested", "ammerbuch", envelope("advice.requested", data, advice_id))
+        for data in (asked[0], asked[0], asked[1])  # the same twice, then other data
+    ])  # fmt: skip
+
     joined_dead = await read_topic(bootstrap, "city.joined.dlq", lambda r: len(r) >= 2)
     errors = sorted(d["value"]["error"] for d in joined_dead)
     assert errors == [
@@ -199,6 +209,17 @@ async def test_a_wrong_key_and_a_reused_envelope_id_go_to_the_dlq_with_the_reaso
         f"envelope id {admitted_id} was used before for other data"
     ]
     assert admitted_dead[0]["key"] == "goch"
+    advice_dead = await read_topic(bootstrap, "advice.requested.dlq", lambda r: len(r) >= 1)
+    assert [d["value"]["error"] for d in advice_dead] == [
+        f"envelope id {advice_id} was used before for other data"
+    ]
+
+    async def answered() -> bool:
+        response = await staff.get(f"/api/advice-requests/{asked[0]['request_id']}")
+        return response.status_code == 200
+
+    await eventually(answered, "the first request's answer")
+    assert (await staff.get(f"/api/advice-requests/{asked[1]['request_id']}")).status_code == 404
     # The first use of each id took effect, the reuse did not; the wrong-keyed record neither.
     await eventually(lambda: proposal_of(staff, "goeppingen", "pending"), "a proposal")
     assert (await staff.get("/api/members/goch")).status_code == 404

@@ -33,7 +33,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.events import DeadLetter, Topics
@@ -196,6 +196,23 @@ async def enqueue_dead_letter(
 
 #: Errors worth retrying: the database is busy or away for a moment.
 TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+
+
+def refused_by_database(error: BaseException) -> bool:
+    """Whether the database (or its driver) refused the data itself: a value out of a
+    column's range, a number too large for the driver. Writing it again fails again; the
+    record behind it goes to the DLQ instead of being redelivered for ever."""
+    seen: BaseException | None = error
+    for _ in range(5):  # the error, the driver's error under it, and what that wraps
+        if seen is None:
+            return False
+        if isinstance(seen, DataError | OverflowError | UnicodeError):
+            return True
+        below = seen.orig if isinstance(seen, StatementError) else None
+        seen = below or seen.__cause__
+    return False
+
+
 T = TypeVar("T")
 
 
@@ -207,7 +224,7 @@ async def retry_transient(work: Callable[[], Awaitable[T]], attempts: int = 6) -
         try:
             return await work()
         except TRANSIENT as error:
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or refused_by_database(error):
                 raise
             log.warning("database busy (%s); retrying in %.1f s", type(error).__name__, delay)
             await asyncio.sleep(delay)

@@ -23,14 +23,15 @@ from schemas.events import (
     AdviceMatched,
     AdviceRequested,
     DeadLetter,
+    Envelope,
     Topics,
     make_event,
 )
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.metrics import ADVICE_REQUESTS
 from services.infra.outbox import enqueue, utcnow
-from services.infra.records import PoisonRecord, decode_record
-from services.matcher import tables
+from services.infra.records import PoisonRecord, decode_record, payload_digest
+from services.matcher import store, tables
 from services.matcher.domain.advice import AdviceMatch, AdviceRequest, assign_advisors
 from services.matcher.store import domain_member
 
@@ -197,30 +198,46 @@ async def get_request(engine: AsyncEngine, request_id: str) -> dict[str, Any] | 
 
 async def answer_advice_records(service: MatcherService, records: Sequence[Any]) -> None:
     """Answer the ``advice.requested`` records of a batch jointly (they are pending at once);
-    invalid ones go to ``advice.requested.dlq``. Idempotent on ``request_id``: a replayed
-    request gets its stored answer and nothing is published again."""
-    asked: dict[str, Asked] = {}
+    invalid ones, and envelope ids seen before with other data, go to
+    ``advice.requested.dlq``. Idempotent on ``request_id``: a replayed request gets its stored
+    answer and nothing is published again."""
+    decoded: list[tuple[Any, Envelope[Any]]] = []
     dead: list[DeadLetter] = []
     for record in records:
         try:
-            envelope = decode_record(record.topic, record.value, record.key)
+            decoded.append((record, decode_record(record.topic, record.value, record.key)))
         except PoisonRecord as error:
             dead.append(dead_letter(record, error, consumer="matcher"))
-            continue
+
+    async def screen() -> list[Envelope[Any]]:
+        """Record the envelope ids with their digests and bury the dead (one transaction);
+        the answer's own idempotency is the request id, so a known id with the same data
+        goes on to it (and gets its stored answer)."""
+        letters, fresh = list(dead), []
+        async with service.engine.begin() as connection:
+            digested = [(r, e, payload_digest(e)) for r, e in decoded]
+            seen = await store.recorded_digests(
+                connection, [(str(e.id), e.type, d) for _, e, d in digested]
+            )
+            for record, envelope, digest in digested:
+                earlier = seen.setdefault(str(envelope.id), digest)
+                if earlier is not None and earlier != digest:
+                    reason = f"envelope id {envelope.id} was used before for other data"
+                    letters.append(dead_letter(record, reason, consumer="matcher"))
+                else:
+                    fresh.append(envelope)
+            for letter in letters:
+                await enqueue_dead_letter(connection, tables.outbox, letter)
+        return fresh
+
+    asked: dict[str, Asked] = {}
+    for envelope in await retry_transient(screen):
         data: AdviceRequested = envelope.data
         request = AdviceRequest(
             request_id=str(data.request_id), city_id=data.city_id, topics=tuple(data.topics),
             question=data.question, k=data.k,
         )  # fmt: skip
         asked[request.request_id] = Asked(request, "event", envelope.source)
-    if dead:
-
-        async def bury() -> None:
-            async with service.engine.begin() as connection:
-                for letter in dead:
-                    await enqueue_dead_letter(connection, tables.outbox, letter)
-
-        await retry_transient(bury)
     if asked:
         await retry_transient(
             lambda: answer(

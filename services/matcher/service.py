@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -22,7 +23,12 @@ from schemas.events import (
 )
 from schemas.member import PublicMember
 from services.infra.db import make_engine, migrate
-from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
+from services.infra.deadletter import (
+    dead_letter,
+    enqueue_dead_letter,
+    refused_by_database,
+    retry_transient,
+)
 from services.infra.kafka import kafka_sink
 from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
@@ -109,11 +115,41 @@ class MatcherService:
                     extra={"topic": record.topic, "offset": record.offset,
                            "error": str(error)[:200]},
                 )  # fmt: skip
-        changed, buried = await retry_transient(lambda: self._apply(valid, dead))
+        try:
+            changed, buried = await retry_transient(lambda: self._apply(valid, dead))
+        except Exception as error:
+            if not refused_by_database(error):
+                raise
+            changed, buried = await self._apply_one_by_one(valid, dead)
         if changed:
             self.request_solve()
         if buried:
             self.relay.wake()
+
+    async def _apply_one_by_one(
+        self, events: list[tuple[Any, Envelope[Any]]], dead: list[DeadLetter]
+    ) -> tuple[bool, bool]:
+        """Apply a batch the database refused record by record: the record it refuses goes
+        to the DLQ, the others take effect."""
+        changed, buried = await retry_transient(functools.partial(self._apply, [], dead))
+        for record, envelope in events:
+            try:
+                applied = await retry_transient(
+                    functools.partial(self._apply, [(record, envelope)], [])
+                )
+            except Exception as error:
+                if not refused_by_database(error):
+                    raise
+                reason = f"the database refused it ({type(error).__name__})"
+                log.warning(
+                    "dead letter",
+                    extra={"topic": record.topic, "offset": record.offset, "error": reason},
+                )
+                letter = dead_letter(record, reason, consumer="matcher")
+                applied = await retry_transient(functools.partial(self._apply, [], [letter]))
+            changed |= applied[0]
+            buried |= applied[1]
+        return changed, buried
 
     async def _apply(
         self, events: list[tuple[Any, Envelope[Any]]], dead: list[DeadLetter]

@@ -59,16 +59,21 @@ def quote_heavy_record(topic: str) -> bytes:
     return record
 
 
-async def send(bootstrap: str, records: list[tuple[str, str | None, bytes]]) -> None:
+async def send(
+    bootstrap: str,
+    records: list[tuple[str, str | None, bytes]],
+    headers: dict[int, list[tuple[str, bytes]]] | None = None,
+) -> None:
     """Send ``(topic, key, value)`` records in this order, all to partition 0 of their topic,
-    so the valid ones queue behind the poison."""
+    so the valid ones queue behind the poison; ``headers`` by index in ``records``."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * MIB)
     await producer.start()
     try:
-        for topic, key, value in records:
+        for index, (topic, key, value) in enumerate(records):
             await producer.send_and_wait(
-                topic, value, key=key.encode() if key else None, partition=0
-            )
+                topic, value, key=key.encode() if key else None, partition=0,
+                headers=(headers or {}).get(index),
+            )  # fmt: skip
     finally:
         await producer.stop()
 
@@ -124,7 +129,9 @@ async def test_deep_and_huge_records_on_every_consumed_topic_block_nothing(
     poison = {topic: [deep_record(topic), quote_heavy_record(topic)] for topic in CONSUMED}
     records = [(t, "goch", value) for t in CONSUMED for value in poison[t]]
     records += [(t, key, value) for t, (key, value) in valid.items()]
-    await send(bootstrap, records)
+    # A header that is not UTF-8 (FastStream decodes headers) stops nothing either.
+    bad_header = [("trace", b"\xff\xfe")]
+    await send(bootstrap, records, {i: bad_header for i in range(len(records))})
 
     # Every valid record behind the poison is applied.
     await eventually(lambda: proposal_of(staff, "goeppingen", "pending"), "member.admitted")
@@ -181,6 +188,16 @@ async def test_a_wrong_key_and_a_reused_envelope_id_go_to_the_dlq_with_the_reaso
                                              member_body("goch", "2024-01-01"), admitted_id)),
     ])  # fmt: skip
 
+    advice_id = str(uuid.uuid4())
+    asked = [
+        {"request_id": str(uuid.uuid4()), "city_id": "ammerbuch", "topics": [topic]}
+        for topic in ("democracy", "participation")
+    ]
+    await send(bootstrap, [
+        ("advice.requested", "ammerbuch", envelope("advice.requested", data, advice_id))
+        for data in (asked[0], asked[0], asked[1])  # the same twice, then other data
+    ])  # fmt: skip
+
     joined_dead = await read_topic(bootstrap, "city.joined.dlq", lambda r: len(r) >= 2)
     errors = sorted(d["value"]["error"] for d in joined_dead)
     assert errors == [
@@ -192,6 +209,17 @@ async def test_a_wrong_key_and_a_reused_envelope_id_go_to_the_dlq_with_the_reaso
         f"envelope id {admitted_id} was used before for other data"
     ]
     assert admitted_dead[0]["key"] == "goch"
+    advice_dead = await read_topic(bootstrap, "advice.requested.dlq", lambda r: len(r) >= 1)
+    assert [d["value"]["error"] for d in advice_dead] == [
+        f"envelope id {advice_id} was used before for other data"
+    ]
+
+    async def answered() -> bool:
+        response = await staff.get(f"/api/advice-requests/{asked[0]['request_id']}")
+        return response.status_code == 200
+
+    await eventually(answered, "the first request's answer")
+    assert (await staff.get(f"/api/advice-requests/{asked[1]['request_id']}")).status_code == 404
     # The first use of each id took effect, the reuse did not; the wrong-keyed record neither.
     await eventually(lambda: proposal_of(staff, "goeppingen", "pending"), "a proposal")
     assert (await staff.get("/api/members/goch")).status_code == 404
@@ -296,3 +324,24 @@ async def test_a_record_the_broker_refuses_is_parked_and_named_by_ready(
     assert "MessageSizeTooLargeError" in parked[0][1]
     metrics = (await staff.get("/metrics")).text
     assert 'tandem_outbox_parked_total{topic="city.joined"}' in metrics
+
+
+async def test_a_record_the_database_refuses_is_dead_lettered_and_the_rest_applied(
+    node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient
+) -> None:
+    """A valid event whose value no column holds (a revision of 10^30) fails in the database
+    on every delivery: the batch is applied record by record and that one dead-lettered."""
+    assert node.settings.broker is not None
+    bootstrap = node.settings.broker
+    await send(bootstrap, [
+        ("city.joined", "kleve", envelope("city.joined", public("kleve", "2015-01-01",
+                                                                revision=10**30))),
+        ("city.joined", "ammerbuch", envelope("city.joined", public("ammerbuch", "2015-01-01"))),
+        ("city.joined", "goch", envelope("city.joined", public("goch", "2024-05-01",
+                                                               seeks_tandem=True))),
+    ])  # fmt: skip
+    proposal = await eventually(lambda: proposal_of(staff, "goch", "pending"), "a proposal")
+    assert proposal[0]["mentor_id"] == "ammerbuch"
+    dead = await read_topic(bootstrap, "city.joined.dlq", lambda r: len(r) >= 1)
+    assert dead[0]["key"] == "kleve"
+    assert dead[0]["value"]["error"].startswith("the database refused it")

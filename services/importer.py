@@ -145,9 +145,9 @@ class ImportReport:
         stored = len(self.stored)
         if stored:
             lines.append(
-                f"Filled in by the import: nothing (every value of the {stored} "
-                f"{'valid' if self.dry_run else 'added'} lines is from the file"
-                f"{'' if self.dry_run else ' or looked up by the registry'})"
+                f"Filled in by the import: nothing (the {stored} "
+                f"{'valid' if self.dry_run else 'added'} lines hold the file's values; a "
+                "blank seeks_tandem is sent as --newcomer-year says, false without it)"
             )
             exceptions = [r.line for r in self.stored if r.exception_stated]
             if exceptions:

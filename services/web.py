@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from faststream.kafka import KafkaBroker
@@ -17,7 +17,7 @@ from schemas import generate
 from schemas.topics import sorted_vocabulary, topic_label
 from services.infra.auth import TokenBook
 from services.infra.consumer import consumer_lag, run_consumer
-from services.infra.http import BodyLimit
+from services.infra.http import BodyLimit, caller
 from services.infra.logs import RequestIds
 from services.infra.metrics import CONSUMER_LAG, HTTP_REQUESTS, OUTBOX_BACKLOG, PROPOSALS
 from services.matcher import store as matcher_store
@@ -109,10 +109,15 @@ def create_app(
     app.mount("/ui/static", StaticFiles(directory=STAFF_DIR / "static"), name="staff-static")
     app.include_router(staff_router)
 
-    @app.get("/api/topics", tags=["members"], summary="The topic vocabulary")
+    @app.get(
+        "/api/topics",
+        tags=["members"],
+        summary="The topic vocabulary",
+        dependencies=[Depends(caller)],
+    )
     async def topics() -> dict[str, Any]:
         """Every topic interests, strengths and advice requests may name: its slug (stored) and
-        its German label (accepted as input too). No token needed."""
+        its German label (accepted as input too). Any known token."""
         items = [{"slug": t, "label": topic_label(t)} for t in sorted_vocabulary()]
         return {"items": items, "total": len(items)}
 

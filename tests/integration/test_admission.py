@@ -80,6 +80,8 @@ async def test_german_topic_labels_are_stored_as_slugs_on_every_way_in(
     node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     assert node.settings.broker is not None
+    async with httpx.AsyncClient(base_url=node.url) as anonymous:
+        assert (await anonymous.get("/api/topics")).status_code == 401
     listed = (await platform.get("/api/topics")).json()
     assert listed["total"] == 12
     assert {"slug": "digitalisation", "label": "Digitalisierung"} in listed["items"]

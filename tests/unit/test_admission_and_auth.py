@@ -31,6 +31,19 @@ def test_each_rule_names_its_field() -> None:
     assert any("5,000" in v.message for v in admission_violations(member))
 
 
+def test_every_rule_is_named_at_once_even_without_population() -> None:
+    member = registration(population=None, partners=[], contact=None)
+    assert [str(v) for v in admission_violations(member)] == [
+        "population: population is required",
+        "partners: at least 3 partners are needed (got 0)",
+        "partners: at least one partner from civil society is needed",
+        "partners: at least one partner from administration is needed",
+        "contact: a contact person is needed",
+    ]
+    lifted = member.model_copy(update={"exception_reason": "Gründungsmitglied"})
+    assert [v.field for v in admission_violations(lifted)] == ["population"]
+
+
 def test_exception_reason_lifts_the_rules() -> None:
     member = registration(population=331_906, exception_reason="Großstadt, Sonderregel")
     assert admission_violations(member) == []

@@ -124,7 +124,7 @@ MAX_JSON_DEPTH = 32
 MAX_INTEGER_DIGITS = 20
 
 
-class _Refused(Exception):
+class RefusedInput(Exception):
     """A body or form field the API does not take, as one FastAPI-shaped error."""
 
     def __init__(self, loc: list[str | int], msg: str, kind: str) -> None:
@@ -137,24 +137,24 @@ class _Refused(Exception):
 
 def _bounded_int(digits: str) -> int:
     if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
-        raise _Refused(
+        raise RefusedInput(
             ["body"], f"an integer longer than {MAX_INTEGER_DIGITS} digits", "number_too_large"
         )
     return int(digits)
 
 
-def _nul(loc: list[str | int]) -> _Refused:
-    return _Refused(loc, "must not contain the NUL character (U+0000)", "string_nul")
+def _nul(loc: list[str | int]) -> RefusedInput:
+    return RefusedInput(loc, "must not contain the NUL character (U+0000)", "string_nul")
 
 
 def _check_tree(value: Any) -> None:
-    """Raise :class:`_Refused` for nesting deeper than :data:`MAX_JSON_DEPTH` or a string (or
+    """Raise :class:`RefusedInput` for nesting deeper than :data:`MAX_JSON_DEPTH` or a string (or
     key) holding U+0000, which PostgreSQL cannot store."""
     stack: list[tuple[Any, list[str | int]]] = [(value, ["body"])]
     while stack:
         item, loc = stack.pop()  # ``loc`` is as long as the containers ``item`` is the nth of
         if isinstance(item, dict | list) and len(loc) > MAX_JSON_DEPTH:
-            raise _Refused(["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
+            raise RefusedInput(["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
         if isinstance(item, str):
             if "\x00" in item:
                 raise _nul(loc)
@@ -170,12 +170,12 @@ def _check_tree(value: Any) -> None:
 def strict_json(body: bytes) -> Any:
     """``body`` parsed as the API takes JSON. Raises :class:`json.JSONDecodeError` for what is
     not JSON or what strict JSON, the databases and the events cannot hold (a lone surrogate,
-    ``NaN``, an infinite number), and :class:`_Refused` for nesting deeper than
+    ``NaN``, an infinite number), and :class:`RefusedInput` for nesting deeper than
     :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INTEGER_DIGITS` digits and U+0000."""
     try:
         value = json.loads(body, parse_int=_bounded_int)
     except RecursionError:
-        raise _Refused(
+        raise RefusedInput(
             ["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep"
         ) from None
     except UnicodeDecodeError as error:
@@ -195,7 +195,7 @@ class _StrictJSONRequest(Request):
         if not hasattr(self, "_json"):
             try:
                 self._json = strict_json(await self.body())
-            except _Refused as refused:
+            except RefusedInput as refused:
                 raise refused.answer() from None
         return self._json
 

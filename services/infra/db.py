@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import zlib
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,28 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+#: SQLSTATE classes of a server that is away or busy for a moment: connection exceptions,
+#: operator intervention (shutdown, starting up), insufficient resources (too many
+#: connections), and a serialization failure or deadlock (the transaction was rolled back).
+_TRANSIENT_SQLSTATES = ("08", "57P", "53", "40001", "40P01")
+
+
 def is_connection_loss(error: BaseException) -> bool:
     """Whether ``error`` says the database is away or busy for a moment (a dropped or refused
-    connection, a pool timeout, SQLite's lock) rather than that the statement was wrong: worth
-    a retry, and never the client's fault."""
+    connection, a failover, a pool timeout, SQLite's lock) rather than that the statement was
+    wrong: worth a retry, and never the client's fault."""
     if isinstance(error, DBAPIError):
-        return error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
-    return isinstance(error, PoolTimeout | OSError)  # OSError: refused, reset, timed out
+        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        return (
+            error.connection_invalidated
+            or isinstance(error, OperationalError | InterfaceError)
+            or sqlstate.startswith(_TRANSIENT_SQLSTATES)
+        )
+    # A connection refused, reset or timed out (asyncpg raises these unwrapped), a name that
+    # does not resolve, or the plain OSError asyncpg raises when every address failed.
+    return isinstance(error, PoolTimeout | ConnectionError | TimeoutError | socket.gaierror) or (
+        type(error) is OSError
+    )
 
 
 async def checkpoint_wal(engine: AsyncEngine) -> None:

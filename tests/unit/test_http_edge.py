@@ -106,3 +106,23 @@ def test_a_database_that_is_away_is_told_from_a_wrong_statement() -> None:
     assert not is_connection_loss(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_connection_loss(DBAPIError("INSERT", {}, Exception("bad value")))
     assert not is_connection_loss(ValueError("not a database error"))
+    assert not is_connection_loss(FileNotFoundError(2, "no such file"))
+    assert is_connection_loss(OSError("Multiple exceptions: [Errno 111], [Errno 99]"))
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "away"),
+    [("57P01", True), ("57P03", True), ("08006", True), ("53300", True), ("40001", True),
+     ("40P01", True), ("23505", False), ("22021", False), ("42P01", False)],
+)  # fmt: skip
+def test_postgresql_errors_are_told_by_their_sqlstate(sqlstate: str, away: bool) -> None:
+    """Shutdown, starting up, connection failures, too many connections, serialization failure
+    and deadlock are the database away for a moment; a duplicate key, U+0000 (22021) or a
+    missing table are not."""
+    assert is_connection_loss(DBAPIError("SELECT 1", {}, _PgError(sqlstate))) is away

@@ -65,6 +65,10 @@ class Page:
         self.limit = limit
         self.offset = offset
 
+    def of(self, items: list[Any]) -> dict[str, Any]:
+        """This page of a whole (short) list, in the list endpoints' shape."""
+        return {"items": items[self.offset : self.offset + self.limit], "total": len(items)}
+
 
 def field_errors(errors: list[tuple[str, str]], kind: str = "admission_rule") -> JSONResponse:
     """A 422 in FastAPI's shape, one entry per field."""

@@ -45,9 +45,20 @@ async def test_offsets_beyond_the_bound_are_refused_with_422(
     staff: httpx.AsyncClient, platform: httpx.AsyncClient
 ) -> None:
     """A 21-digit offset was a 500 on both databases; now every list answers 422 beyond
-    ``MAX_OFFSET`` and an empty page up to it."""
-    assert (await platform.post("/api/members", json=member_body("lemgo", "2020-01-01"))).is_success
-    for path in ("/api/members", "/api/proposals"):
+    ``MAX_OFFSET`` or ``limit`` 1000, and a page up to them (the lists that returned everything
+    take ``limit`` and ``offset`` too, as the contract says)."""
+    for member_id in ("lemgo", "ammerbuch"):
+        body = member_body(member_id, "2020-01-01")
+        assert (await platform.post("/api/members", json=body)).status_code == 201
+
+    async def pair_ruled() -> bool:  # once the matcher knows both
+        rule = {"rule": "forbidden"}
+        return (await staff.put("/api/pairs/lemgo/ammerbuch", json=rule)).is_success
+
+    await eventually(pair_ruled, "the matcher to take a pair rule")
+    lists = ("/api/members", "/api/proposals", "/api/pairs", "/api/newcomers/waiting",
+             "/api/members/lemgo/history")  # fmt: skip
+    for path in lists:
         for offset in (10**20, 2**63, MAX_OFFSET + 1, -1):
             response = await staff.get(path, params={"offset": offset})
             assert response.status_code == 422, (path, offset, response.text)
@@ -56,8 +67,11 @@ async def test_offsets_beyond_the_bound_are_refused_with_422(
         assert edge.json()["items"] == []
         for limit in (0, 1001, 10**20):
             assert (await staff.get(path, params={"limit": limit})).status_code == 422
-    listed = await staff.get("/api/members", params={"limit": 1000, "offset": 0})
-    assert [m["id"] for m in listed.json()["items"]] == ["lemgo"]
+    for path, total in (("/api/members", 2), ("/api/pairs", 1), ("/api/members/lemgo/history", 1)):
+        whole = await staff.get(path, params={"limit": 1000, "offset": 0})
+        assert len(whole.json()["items"]) == whole.json()["total"] == total, whole.text
+        rest = await staff.get(path, params={"limit": 1, "offset": 1})
+        assert len(rest.json()["items"]) == total - 1 and rest.json()["total"] == total
 
 
 NUL_BODIES: list[tuple[str, str, dict[str, Any], list[str | int]]] = [

@@ -14,6 +14,7 @@ import uvicorn
 
 from schemas.events import EVENTS, Topics
 from services.infra.auth import TokenBook, load_or_create_tokens
+from services.infra.edge import header_timeout_protocol
 from services.infra.embedded_broker import EmbeddedBroker
 from services.infra.kafka import ensure_topics
 from services.infra.settings import CommonSettings, MatcherSettings, RegistrySettings
@@ -80,11 +81,13 @@ class Node:
         if "matcher" in self.services:
             self.matcher = MatcherService(MatcherSettings.model_validate(common))
         app = create_app(
-            self.tokens, self.registry, self.matcher, max_body_bytes=settings.max_body_bytes
-        )
+            self.tokens, self.registry, self.matcher, max_body_bytes=settings.max_body_bytes,
+            read_timeout_seconds=settings.request_read_timeout_seconds,
+        )  # fmt: skip
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
-        )
+            app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+            http=header_timeout_protocol(settings.request_read_timeout_seconds),
+        )  # fmt: skip
         self.server = _Server(config)
         self._serving = asyncio.create_task(self.server.serve())
         while not self.server.started:

@@ -12,11 +12,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from schemas import generate
 from schemas.topics import sorted_vocabulary, topic_label
 from services.infra.auth import TokenBook
 from services.infra.consumer import consumer_lag, run_consumer
+from services.infra.edge import ReadTimeout, RefuseNul, database_away
 from services.infra.http import BodyLimit, caller
 from services.infra.logs import RequestIds
 from services.infra.metrics import CONSUMER_LAG, HTTP_REQUESTS, OUTBOX_BACKLOG, PROPOSALS
@@ -33,6 +36,7 @@ def create_app(
     matcher: MatcherService | None = None,
     *,
     max_body_bytes: int = 1_000_000,
+    read_timeout_seconds: float = 20.0,
     consume: bool = True,
 ) -> FastAPI:
     """The API of the given services on one base URL, with ``/health``, ``/ready``,
@@ -82,6 +86,10 @@ def create_app(
     app.state.matcher = matcher
     app.state.brokers = brokers
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(ReadTimeout, seconds=read_timeout_seconds)
+    app.add_middleware(RefuseNul)
+    for away in (DBAPIError, PoolTimeout, OSError):
+        app.add_exception_handler(away, database_away)
     app.add_middleware(RequestIds)
 
     @app.middleware("http")

@@ -112,7 +112,7 @@ class Staff:
 
         async def all_answered() -> dict[str, dict[str, Any]] | None:
             pending = await self.get("/api/proposals", status="pending", limit=1000)
-            waiting = await self.get("/api/newcomers/waiting")
+            waiting = await self.get("/api/newcomers/waiting", limit=1000)
             proposals = {
                 p["newcomer_id"]: p for p in pending["items"] if p["newcomer_id"] in wanted
             }

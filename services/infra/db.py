@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import zlib
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,17 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An async engine; SQLite gets WAL, a busy timeout, foreign keys and ``secure_delete``
+    (erased data is overwritten with zeros, not left in free space); PostgreSQL a pool that
+    tests each connection before use (a connection the server dropped is replaced)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -28,10 +36,52 @@ def make_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+#: SQLSTATE classes of a server that is away or busy for a moment: connection exceptions,
+#: operator intervention (shutdown, starting up), insufficient resources (too many
+#: connections), and a serialization failure or deadlock (the transaction was rolled back).
+_TRANSIENT_SQLSTATES = ("08", "57P", "53", "40001", "40P01")
+
+
+def is_connection_loss(error: BaseException) -> bool:
+    """Whether ``error`` says the database is away or busy for a moment (a dropped or refused
+    connection, a failover, a pool timeout, SQLite's lock) rather than that the statement was
+    wrong: worth a retry, and never the client's fault."""
+    if isinstance(error, DBAPIError):
+        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        return (
+            error.connection_invalidated
+            or isinstance(error, OperationalError | InterfaceError)
+            or sqlstate.startswith(_TRANSIENT_SQLSTATES)
+        )
+    # A connection refused, reset or timed out (asyncpg raises these unwrapped), a name that
+    # does not resolve, or the plain OSError asyncpg raises when every address failed.
+    return isinstance(error, PoolTimeout | ConnectionError | TimeoutError | socket.gaierror) or (
+        type(error) is OSError
+    )
+
+
+async def checkpoint_wal(engine: AsyncEngine) -> None:
+    """SQLite: copy the write-ahead log into the database file and truncate it, so that data
+    just erased (with ``secure_delete`` on) is gone from the ``-wal`` file too. A no-op on
+    other databases."""
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        async with engine.connect() as connection:
+            result = await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = result.scalar()
+    except OperationalError as error:  # what was committed stays committed
+        log.warning("WAL checkpoint failed: %s", error)
+        return
+    if busy:
+        log.warning("WAL checkpoint incomplete: a reader held an older snapshot")
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
@@ -12,9 +13,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.datastructures import FormData
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.infra.auth import Principal, Role, TokenBook
+from services.infra.db import is_connection_loss
+
+log = logging.getLogger(__name__)
 
 
 def caller(request: Request) -> Principal:
@@ -44,16 +49,25 @@ def require(*roles: Role) -> Callable[[Principal], Principal]:
     return check
 
 
+#: The largest ``?offset=``: far beyond any list of a network of cities, and a number every
+#: database takes (a 21-digit offset overflowed their 64-bit integers: a 500).
+MAX_OFFSET = 1_000_000
+
+
 class Page:
-    """``?limit=`` (default 100, at most 1000) and ``?offset=``."""
+    """``?limit=`` (default 100, at most 1000) and ``?offset=`` (at most :data:`MAX_OFFSET`)."""
 
     def __init__(
         self,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> None:
         self.limit = limit
         self.offset = offset
+
+    def of(self, items: list[Any]) -> dict[str, Any]:
+        """This page of a whole (short) list, in the list endpoints' shape."""
+        return {"items": items[self.offset : self.offset + self.limit], "total": len(items)}
 
 
 def field_errors(errors: list[tuple[str, str]], kind: str = "admission_rule") -> JSONResponse:
@@ -107,17 +121,102 @@ def _unstorable(value: Any) -> bool:
     return False
 
 
+#: Limits of a JSON body: no request of the API nests deeper than a few levels or needs an
+#: integer longer than a 64-bit one; Python's parser would raise RecursionError or ValueError
+#: on 5,000 of either, which FastAPI answers with a bare 400.
+MAX_JSON_DEPTH = 32
+MAX_INTEGER_DIGITS = 20
+
+
+class RefusedInput(Exception):
+    """A body or form field the API does not take, as one FastAPI-shaped error."""
+
+    def __init__(self, loc: list[str | int], msg: str, kind: str) -> None:
+        super().__init__(msg)
+        self.error = {"loc": _printable(loc), "msg": msg, "type": kind}
+
+    def answer(self) -> HTTPException:
+        return HTTPException(status_code=422, detail=[self.error])
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise RefusedInput(
+            ["body"], f"an integer longer than {MAX_INTEGER_DIGITS} digits", "number_too_large"
+        )
+    return int(digits)
+
+
+def _nul(loc: list[str | int]) -> RefusedInput:
+    return RefusedInput(loc, "must not contain the NUL character (U+0000)", "string_nul")
+
+
+def _check_tree(value: Any) -> None:
+    """Raise :class:`RefusedInput` for nesting deeper than :data:`MAX_JSON_DEPTH` or a string (or
+    key) holding U+0000, which PostgreSQL cannot store."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, ["body"])]
+    while stack:
+        item, loc = stack.pop()  # ``loc`` is as long as the containers ``item`` is the nth of
+        if isinstance(item, dict | list) and len(loc) > MAX_JSON_DEPTH:
+            raise RefusedInput(["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise _nul(loc)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    raise _nul([*loc, key.replace("\x00", "\\u0000")])
+                stack.append((child, [*loc, key]))
+        elif isinstance(item, list):
+            stack.extend((child, [*loc, i]) for i, child in enumerate(item))
+
+
+def strict_json(body: bytes) -> Any:
+    """``body`` parsed as the API takes JSON. Raises :class:`json.JSONDecodeError` for what is
+    not JSON or what strict JSON, the databases and the events cannot hold (a lone surrogate,
+    ``NaN``, an infinite number), and :class:`RefusedInput` for nesting deeper than
+    :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INTEGER_DIGITS` digits and U+0000."""
+    try:
+        value = json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        raise RefusedInput(
+            ["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep"
+        ) from None
+    except UnicodeDecodeError as error:
+        text = body.decode("utf-8", "replace")
+        raise json.JSONDecodeError(f"not UTF-8: {error.reason}", text, error.start) from None
+    _check_tree(value)  # first: it bounds the depth the recursive check below meets
+    if _unstorable(value):
+        text = body.decode("utf-8", "replace")
+        raise json.JSONDecodeError("lone surrogate, NaN or infinite number", text, 0)
+    return value
+
+
 class _StrictJSONRequest(Request):
-    """Strict JSON bodies: an escaped lone surrogate (``"\\ud800"``), ``NaN``, ``Infinity`` or a
-    number too large for a float is a JSON decode error (422), as no database or event could
-    store it."""
+    """Strict JSON bodies (see :func:`strict_json`), and form fields without U+0000."""
 
     async def json(self) -> Any:
-        value = await super().json()
-        if _unstorable(value):
-            body = (await self.body()).decode("utf-8", "replace")
-            raise json.JSONDecodeError("lone surrogate, NaN or infinite number", body, 0)
-        return value
+        if not hasattr(self, "_json"):
+            try:
+                self._json = strict_json(await self.body())
+            except RefusedInput as refused:
+                raise refused.answer() from None
+        return self._json
+
+    async def _get_form(
+        self,
+        *,
+        max_files: int | float = 1000,
+        max_fields: int | float = 1000,
+        max_part_size: int = 1024 * 1024,
+    ) -> FormData:
+        form = await super()._get_form(
+            max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
+        )
+        for key, value in form.multi_items():
+            if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+                raise _nul(["body", key.replace("\x00", "\\u0000")]).answer()
+        return form
 
 
 class SafeRoute(APIRoute):
@@ -128,11 +227,20 @@ class SafeRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
-            try:
-                return await handler(_StrictJSONRequest(request.scope, request.receive))
-            except RequestValidationError as error:
-                errors = jsonable_encoder(_printable(error.errors()))
-                return JSONResponse(status_code=422, content={"detail": errors})
+            # A read whose database connection was lost (the server dropped it) is tried once
+            # more on a fresh one; a write is not, it is answered 503 (see ``database_away``).
+            retries = 1 if request.method in {"GET", "HEAD"} else 0
+            while True:
+                try:
+                    return await handler(_StrictJSONRequest(request.scope, request.receive))
+                except RequestValidationError as error:
+                    errors = jsonable_encoder(_printable(error.errors()))
+                    return JSONResponse(status_code=422, content={"detail": errors})
+                except Exception as error:
+                    if retries == 0 or not is_connection_loss(error):
+                        raise
+                    retries -= 1
+                    log.warning("database connection lost during a read; trying once more")
 
         return guarded
 

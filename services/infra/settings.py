@@ -67,6 +67,13 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Log level.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
+    request_read_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Longest a client may take to send a request's headers, and again its "
+        "body; a slower one gets 408 and its connection is closed.",
+    )
     kafka_session_timeout_ms: int | None = Field(
         default=None,
         ge=500,

@@ -47,6 +47,7 @@ def _service(request: Request) -> MatcherService:
 
 Staff = Annotated[Principal, Depends(require("staff"))]
 Service = Annotated[MatcherService, Depends(_service)]
+Paged = Annotated[Page, Depends()]
 
 
 @router.get("/proposals", summary="Tandem proposals, newest first (staff)")
@@ -148,10 +149,9 @@ MemberPath = Annotated[str, Path(pattern=r"^[a-z0-9-]{2,64}$")]
 
 
 @router.get("/pairs", summary="Pinned and forbidden pairs (staff)")
-async def list_pairs(_: Staff, service: Service) -> dict[str, Any]:
+async def list_pairs(_: Staff, service: Service, page: Paged) -> dict[str, Any]:
     """Every pair rule."""
-    items = await store.list_pair_rules(service.engine)
-    return {"items": items, "total": len(items)}
+    return page.of(await store.list_pair_rules(service.engine))
 
 
 @router.put("/pairs/{newcomer_id}/{mentor_id}", summary="Pin or forbid a pair (staff)")
@@ -182,10 +182,9 @@ async def delete_pair(
 
 
 @router.get("/newcomers/waiting", summary="Newcomers without a proposal, and why (staff)")
-async def waiting(_: Staff, service: Service) -> dict[str, Any]:
+async def waiting(_: Staff, service: Service, page: Paged) -> dict[str, Any]:
     """Newcomers the last solve could not match, with the reason."""
-    items = await store.waiting_newcomers(service.engine)
-    return {"items": items, "total": len(items)}
+    return page.of(await store.waiting_newcomers(service.engine))
 
 
 @router.get("/matcher/status", summary="What the matcher knows and did (staff)")

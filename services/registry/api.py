@@ -150,9 +150,10 @@ async def history(
     member_id: str,
     _: Annotated[Principal, Depends(require("staff"))],
     service: Annotated[RegistryService, Depends(_service)],
+    page: Annotated[Page, Depends()],
 ) -> dict[str, Any]:
     """Registration, updates (which fields), departure: who and when."""
     items = await store.history(service.engine, member_id)
     if items is None:
         raise _missing(member_id)
-    return {"items": items, "total": len(items)}
+    return page.of(items)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import CityJoined, CityLeft, CityUpdated, Topics, make_event
 from schemas.member import MemberRegistration, MemberUpdate, PartnerSector
+from services.infra.db import checkpoint_wal
 from services.infra.outbox import enqueue, utcnow
 from services.registry import tables
 
@@ -285,7 +286,9 @@ def _differs(old: Any, new: Any) -> bool:
 
 async def leave(engine: AsyncEngine, member_id: str, reason: str, actor: str) -> dict[str, Any]:
     """The member leaves: status ``left``, contact and partner names erased (right to erasure),
-    history recorded, ``city.left`` queued. The pseudonymous record stays."""
+    history recorded, ``city.left`` queued. The pseudonymous record stays. On SQLite the
+    write-ahead log is checkpointed and truncated afterwards, so the erased strings are in no
+    file (``secure_delete`` zeroes them in the database file)."""
     async with engine.begin() as connection:
         row = await _locked_member(connection, member_id)
         now = utcnow()
@@ -314,6 +317,7 @@ async def leave(engine: AsyncEngine, member_id: str, reason: str, actor: str) ->
                 select(tables.members).where(tables.members.c.id == member_id)
             )
         ).mappings().one()  # fmt: skip
+    await checkpoint_wal(engine)
     return dict(stored)
 
 

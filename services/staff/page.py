@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from schemas.topics import TOPICS, topic_label
 from services.infra.auth import Principal
+from services.infra.http import SafeRoute
 from services.matcher import advice_desk
 from services.matcher.decisions import (
     IllegalTransition,
@@ -38,7 +39,7 @@ templates.env.globals.update(
     criteria=view.CRITERIA_DE, number=view.german_number, topic_label=topic_label,
     topics=TOPICS, outline=geo.outline_path(), map_width=geo.WIDTH, map_height=geo.HEIGHT,
 )  # fmt: skip
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=SafeRoute)  # no U+0000 in forms
 
 
 def _staff(request: Request) -> Principal | None:

@@ -156,7 +156,7 @@ def _check_tree(value: Any) -> None:
     key) holding U+0000, which PostgreSQL cannot store."""
     stack: list[tuple[Any, list[str | int]]] = [(value, ["body"])]
     while stack:
-        item, loc = stack.pop()  # ``loc`` is as long as the containers ``item`` is the nth of
+        item, loc = stack.pop()  # a container's ``loc`` is as long as its depth (body: 1)
         if isinstance(item, dict | list) and len(loc) > MAX_JSON_DEPTH:
             raise RefusedInput(["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
         if isinstance(item, str):

@@ -6,6 +6,7 @@ file of the SQLite database afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -222,8 +223,9 @@ async def test_killed_database_connections_give_no_500_and_lose_no_acknowledged_
     """While 60 members register (12 at a time) and staff read, every connection of the
     services' database is terminated again and again. No answer is a 500; writes that hit a
     dropped connection answer 503 with ``Retry-After`` and the client sends them again; every
-    member that got a 201 is stored with its one history entry, and the node serves as before
-    once the database stays."""
+    member that got a 201 is stored with its one history entry and reaches the matcher (its
+    ``city.joined`` committed with it), and the node serves as before once the database
+    stays."""
     database = database_url.rsplit("/", 1)[1]
     answers: list[httpx.Response] = []
     acknowledged: set[str] = set()
@@ -272,6 +274,12 @@ async def test_killed_database_connections_give_no_500_and_lose_no_acknowledged_
     after = await platform.post("/api/members", json=member_body("danach", "2020-01-01"))
     assert after.status_code == 201, after.text
 
+    async def all_published() -> bool:  # each row's city.joined was in its transaction
+        status = await staff.get("/api/matcher/status")
+        return status.status_code == 200 and status.json()["members"] == len(stored) + 1
+
+    await eventually(all_published, "every member's city.joined at the matcher", timeout=60)
+
 
 # ---------------------------------------------------------------------------------------------
 # Slow clients
@@ -303,8 +311,11 @@ async def _dribble(url: str, head: bytes, body: bytes) -> tuple[bytes, float]:
         if head:
             writer.write(head)
         for byte in body:
-            writer.write(bytes([byte]))
-            await writer.drain()
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:  # closed by the server: what it sent is still to be read
+                break
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), 0.2)
             except TimeoutError:
@@ -314,10 +325,9 @@ async def _dribble(url: str, head: bytes, body: bytes) -> tuple[bytes, float]:
                 break
         else:
             raise AssertionError("the server waited for the whole slow request")
-        while chunk := await asyncio.wait_for(reader.read(65536), 10):
-            received += chunk
-    except ConnectionResetError:
-        pass
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                received += chunk
     finally:
         writer.close()
     return received, time.monotonic() - started

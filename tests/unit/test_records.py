@@ -192,3 +192,18 @@ def test_a_record_of_many_fields_names_some_and_counts_the_rest() -> None:
     letter = dead_letter(Record("member.admitted", value, b"x"), "bad", "registry")
     assert len(letter.redacted) == 51 and letter.redacted[-1] == "… and 4950 more"
     assert len(json.loads(letter.original)["data"]) == 5000
+
+
+def test_only_errors_about_the_data_count_as_refused_by_the_database() -> None:
+    from sqlalchemy.exc import DataError, DBAPIError, OperationalError, StatementError
+
+    from services.infra.deadletter import refused_by_database
+
+    assert refused_by_database(DataError("INSERT", {}, Exception("out of range")))
+    assert refused_by_database(StatementError("bind", "INSERT", {}, OverflowError("too big")))
+    driver = Exception("invalid input for query argument $15")
+    driver.__cause__ = OverflowError("value out of int32 range")
+    assert refused_by_database(DBAPIError("INSERT", {}, driver))
+    assert not refused_by_database(OperationalError("INSERT", {}, Exception("locked")))
+    assert not refused_by_database(DBAPIError("INSERT", {}, ConnectionError("gone")))
+    assert not refused_by_database(TimeoutError())

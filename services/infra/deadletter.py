@@ -50,6 +50,8 @@ INLINE_MAX_BYTES = 64 * 1024
 #: Topics whose records carry personal data: their originals travel redacted, or not at all.
 PERSONAL_TOPICS = frozenset({Topics.MEMBER_ADMITTED})
 REDACTED = "[redacted]"
+#: How many redacted fields a letter names.
+REDACTED_LISTED = 50
 #: The ``redacted`` entry of a letter whose whole original is withheld (kept in the database).
 WHOLE_ORIGINAL = "original"
 _ENVELOPE_FIELDS = frozenset({"id", "type", "version", "time", "source"})
@@ -126,6 +128,14 @@ def redact(value: bytes) -> tuple[str, list[str]]:
     return json.dumps(kept, ensure_ascii=False), redacted
 
 
+def _listed(paths: list[str]) -> list[str]:
+    """At most :data:`REDACTED_LISTED` paths, and how many more (a record of thousands of
+    fields must not make its letter large)."""
+    if len(paths) <= REDACTED_LISTED:
+        return paths
+    return [*paths[:REDACTED_LISTED], f"… and {len(paths) - REDACTED_LISTED} more"]
+
+
 def dead_letter(record: Any, error: BaseException | str, consumer: str) -> DeadLetter:
     """The dead letter of a Kafka record (aiokafka ``ConsumerRecord``)."""
     value: bytes = record.value or b""
@@ -153,7 +163,7 @@ def dead_letter(record: Any, error: BaseException | str, consumer: str) -> DeadL
         time=utcnow(),
         original_sha256=hashlib.sha256(value).hexdigest(),
         original_size=len(value),
-        redacted=redacted,
+        redacted=_listed(redacted),
     )
 
 

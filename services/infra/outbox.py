@@ -199,11 +199,18 @@ class OutboxRelay:
     async def problems(self) -> list[str]:
         """What keeps records from the broker, in words for ``/ready``: parked rows (with the
         error of the first) and the last error of a relay that is not sending."""
+        table = self._table
+        parked = (table.c.sent_at.is_(None), table.c.parked_at.is_not(None))
+        async with self._engine.connect() as connection:
+            count = int(
+                await connection.scalar(select(func.count()).select_from(table).where(*parked)) or 0
+            )
+            first = await connection.scalar(
+                select(table.c.error).where(*parked).order_by(table.c.seq).limit(1)
+            )
         found = []
-        parked = await self.parked()
-        if parked:
-            count = len(parked)
-            reason = parked[0][1].split(":", 1)[0]
+        if count:
+            reason = str(first or "").split(":", 1)[0]
             found.append(f"outbox: {count} record{'s' if count > 1 else ''} parked: {reason}")
         if self.last_error is not None:
             found.append(f"outbox: {self.last_error}")

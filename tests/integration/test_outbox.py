@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
@@ -12,6 +16,7 @@ from sqlalchemy import select
 
 from schemas.member import MemberRegistration
 from services.infra.db import make_engine, migrate
+from services.infra.deadletter import dead_letter, enqueue_dead_letter
 from services.infra.outbox import OutboxRecord, OutboxRelay, RecordRejected
 from services.registry import store, tables
 from services.registry.service import MIGRATIONS
@@ -127,3 +132,30 @@ async def test_a_record_the_broker_refuses_is_parked_and_the_rest_go_on(tmp_path
 def _parked_count(topic: str) -> float:
     value = REGISTRY.get_sample_value("tandem_outbox_parked_total", {"topic": topic})
     return value or 0.0
+
+
+async def test_a_dead_letter_too_large_to_travel_keeps_its_original_in_the_database(
+    tmp_path: Path,
+) -> None:
+    """200 KB of double quotes: within the decoder's bounds, but escaped twice over in a dead
+    letter. The letter travels small and points to the original kept in the database."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    await migrate(engine, MIGRATIONS, "alembic_version_registry")
+    value = json.dumps({"id": str(uuid.uuid4()), "name": '"' * 100_000}).encode()
+    assert len(value) > 200_000
+    record = SimpleNamespace(topic="city.left", partition=2, offset=41, key=b"goch", value=value)
+    letter = dead_letter(record, "city.left: not an envelope", consumer="matcher")
+    assert len(letter.model_dump_json()) > 400_000
+    async with engine.begin() as connection:
+        assert await enqueue_dead_letter(connection, tables.outbox, letter)
+        assert not await enqueue_dead_letter(connection, tables.outbox, letter)  # once
+    async with engine.connect() as connection:
+        payload = await connection.scalar(select(tables.outbox.c.payload))
+        stored = (await connection.execute(select(tables.dead_letter_originals))).one()
+    sent = json.loads(payload)
+    assert len(payload) < 10_000 and sent["original"] == ""
+    assert sent["original_ref"] == f"registry_dead_letter_originals/{stored.id}"
+    assert sent["original_sha256"] == stored.sha256 == hashlib.sha256(value).hexdigest()
+    assert sent["original_size"] == stored.size == len(value)
+    assert stored.original == value and (stored.partition, stored.offset) == (2, 41)
+    await engine.dispose()

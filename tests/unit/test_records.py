@@ -184,3 +184,26 @@ def test_other_topics_keep_their_original_verbatim() -> None:
     binary = dead_letter(Record("city.left", b"\xff", b"\x00" * 300), "bad", "matcher")
     assert binary.original_encoding == "base64"
     assert binary.key is not None and len(binary.key) == 200 and "\x00" not in binary.key
+
+
+def test_a_record_of_many_fields_names_some_and_counts_the_rest() -> None:
+    data = {f"field{i}": i for i in range(5000)}
+    value = json.dumps(envelope("member.admitted", data)).encode()
+    letter = dead_letter(Record("member.admitted", value, b"x"), "bad", "registry")
+    assert len(letter.redacted) == 51 and letter.redacted[-1] == "… and 4950 more"
+    assert len(json.loads(letter.original)["data"]) == 5000
+
+
+def test_only_errors_about_the_data_count_as_refused_by_the_database() -> None:
+    from sqlalchemy.exc import DataError, DBAPIError, OperationalError, StatementError
+
+    from services.infra.deadletter import refused_by_database
+
+    assert refused_by_database(DataError("INSERT", {}, Exception("out of range")))
+    assert refused_by_database(StatementError("bind", "INSERT", {}, OverflowError("too big")))
+    driver = Exception("invalid input for query argument $15")
+    driver.__cause__ = OverflowError("value out of int32 range")
+    assert refused_by_database(DBAPIError("INSERT", {}, driver))
+    assert not refused_by_database(OperationalError("INSERT", {}, Exception("locked")))
+    assert not refused_by_database(DBAPIError("INSERT", {}, ConnectionError("gone")))
+    assert not refused_by_database(TimeoutError())

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from schemas.member import MemberRegistration
 from services.member_csv import MemberFileError, MemberLine, read_lines
-from services.registry.admission import AdmissionRefused, check
+from services.registry.admission import AdmissionRefused, body_violations, check
 
 __all__ = [
     "CONCURRENCY",
@@ -258,10 +258,12 @@ def _local(body: dict[str, Any]) -> tuple[list[Problem], tuple[str, ...]]:
     try:
         member = MemberRegistration.model_validate(body)
     except ValidationError as error:
-        return [
+        problems: list[Problem] = [
             (str(e["loc"][0]) if e["loc"] else "", _where(e["loc"], e["msg"]), e["type"])
             for e in error.errors(include_url=False)
-        ], ()
+        ]
+        rules = body_violations(body, {field for field, _, _ in problems if field})
+        return problems + [(v.field, str(v), v.kind) for v in rules], ()
     try:
         admission = check(member)
     except AdmissionRefused as refused:

@@ -8,6 +8,7 @@ looked up in GeoNames, never guessed), then every rule, all broken ones named at
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,29 +45,62 @@ def admission_violations(member: MemberRegistration) -> list[RuleViolation]:
         problems.append(RuleViolation("population", "population is required"))
     if member.exception_reason and member.exception_reason.strip():
         return problems
+    return problems + _rules(
+        member.population, [p.sector for p in member.partners], member.contact is not None
+    )
+
+
+def body_violations(body: object, invalid: Collection[str]) -> list[RuleViolation]:
+    """The admission rules a registration body breaks that the model refused (so
+    :func:`admission_violations` never saw it), judged on the fields it gave well-formed:
+    fields in ``invalid`` (those with a validation error) and a population not given (the
+    gazetteer would look it up) are not judged. Lets a 422 name every problem at once."""
+    if not isinstance(body, dict):
+        return []
+    reason = body.get("exception_reason")
+    if isinstance(reason, str) and reason.strip() and "exception_reason" not in invalid:
+        return []
+    population = body.get("population")
+    if "population" in invalid or not isinstance(population, int) or isinstance(population, bool):
+        population = None
+    partners = body.get("partners", [])
+    sectors: list[str] | None = None
+    if "partners" not in invalid and isinstance(partners, list):
+        sectors = [str(p.get("sector")) for p in partners if isinstance(p, dict)]
+    contact = None if "contact" in invalid else body.get("contact") is not None
+    return _rules(population, sectors, contact)
+
+
+def _rules(
+    population: int | None, sectors: list[str] | None, has_contact: bool | None
+) -> list[RuleViolation]:
+    """The rules, each judged only where its value is known (``None``: not judged)."""
+    problems: list[RuleViolation] = []
     low, high = POPULATION_RANGE
-    if member.population is not None and not low <= member.population <= high:
+    if population is not None and not low <= population <= high:
         problems.append(
             RuleViolation(
                 "population",
-                f"members have {low:,} to {high:,} inhabitants (got {member.population:,}); "
+                f"members have {low:,} to {high:,} inhabitants (got {population:,}); "
                 "give exception_reason for a documented exception",
             )
         )
-    sectors = [p.sector for p in member.partners]
-    if len(sectors) < MIN_PARTNERS:
-        problems.append(
-            RuleViolation(
-                "partners",
-                f"at least {MIN_PARTNERS} partners are needed (got {len(sectors)})",
-            )
-        )
-    for sector, label in (("civil_society", "civil society"), ("administration", "administration")):
-        if sector not in sectors:
+    if sectors is not None:
+        if len(sectors) < MIN_PARTNERS:
             problems.append(
-                RuleViolation("partners", f"at least one partner from {label} is needed")
+                RuleViolation(
+                    "partners",
+                    f"at least {MIN_PARTNERS} partners are needed (got {len(sectors)})",
+                )
             )
-    if member.contact is None:
+        for sector, label in (
+            ("civil_society", "civil society"), ("administration", "administration"),
+        ):  # fmt: skip
+            if sector not in sectors:
+                problems.append(
+                    RuleViolation("partners", f"at least one partner from {label} is needed")
+                )
+    if has_contact is False:
         problems.append(RuleViolation("contact", "a contact person is needed"))
     return problems
 

@@ -2,21 +2,67 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import Message
 
 from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.auth import Principal
 from services.infra.http import Page, SafeRoute, require
 from services.registry import store
-from services.registry.admission import AdmissionRefused
+from services.registry.admission import AdmissionRefused, body_violations
 from services.registry.service import RegistryService
 
-router = APIRouter(prefix="/api/members", tags=["members"], route_class=SafeRoute)
+
+class AdmissionRoute(SafeRoute):
+    """A :class:`SafeRoute` whose 422 for a registration the model refused also names the
+    admission rules the body breaks, so one answer names every problem (the model's errors
+    alone would hide them until they are fixed)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.path != "/api/members" or "POST" not in (self.methods or ()):
+            return handler
+
+        async def with_rules(request: Request) -> Response:
+            body = await request.body()
+
+            async def replay() -> Message:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            response = await handler(Request(request.scope, replay))
+            if response.status_code != 422 or not isinstance(response, JSONResponse):
+                return response
+            return _with_rules(response, body)
+
+        return with_rules
+
+
+def _with_rules(response: JSONResponse, body: bytes) -> JSONResponse:
+    detail = json.loads(bytes(response.body)).get("detail")
+    try:
+        given = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+        return response
+    if not isinstance(detail, list):
+        return response
+    invalid = {
+        str(e["loc"][1]) for e in detail if isinstance(e, dict) and len(e.get("loc", ())) > 1
+    }
+    rules = body_violations(given, invalid)
+    if not rules:
+        return response
+    detail += [{"loc": ["body", v.field], "msg": v.message, "type": v.kind} for v in rules]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+router = APIRouter(prefix="/api/members", tags=["members"], route_class=AdmissionRoute)
 
 
 def _service(request: Request) -> RegistryService:

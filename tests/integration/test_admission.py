@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from services.importer import import_rows, read_file
+from services.importer import check_locally, import_rows, read_file
 from services.runtime import Node
 from tests.conftest import eventually, member_body, read_topic
 from tests.integration.test_member_changes import admitted, produce
@@ -62,6 +62,23 @@ async def test_the_same_invalid_member_is_refused_identically_on_every_way_in(
     (dead,) = await read_topic(node.settings.broker, "member.admitted.dlq", lambda r: len(r) >= 1)
     assert dead["value"]["error"] == f"admission refused: {'; '.join(over_http)}"
     assert (await staff.get("/api/members")).json()["total"] == 0
+
+    # A body the model refuses has its broken rules named in the same answer, and the import
+    # reports the same (its dry run too, found locally).
+    broken = {**body, "kind": "village", "contact": {"name": "Eva", "email": "no-address"}}
+    both = messages_of(await platform.post("/api/members", json=broken))
+    assert both[0].startswith("kind: Input should be 'city'")
+    assert both[1].startswith("contact.email: value is not a valid email address")
+    assert both[2:] == over_http[:4]  # population and partners; a contact was given
+    path.write_text(
+        HEADER + "Kleinsthausen,village,Baden-Württemberg,2024-01-01,,5,48.7,9.6,digitalisation,"
+        "digitalisation;democracy,Eva,no-address,Dorfladen|business\n",
+        encoding="utf-8",
+    )
+    rows = read_file(path)
+    (line,) = (await import_rows(platform, rows)).results
+    assert list(line.reasons) == both
+    assert list(check_locally(rows[0]).reasons) == both
 
     # A change is held to the same rules, every broken one named; labels work there too.
     valid = member_body("kleinsthausen", "2024-01-01", name="Kleinsthausen")

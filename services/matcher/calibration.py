@@ -88,15 +88,8 @@ async def _replan(
     state = await load_state(connection, today)
     pending = state[2]
     p = tables.proposals
-    scores: dict[str, float] = dict(
-        (
-            await connection.execute(
-                select(p.c.proposal_id, p.c.score).where(p.c.status == "pending")
-            )
-        )
-        .tuples()
-        .all()
-    )
+    query = select(p.c.proposal_id, p.c.score).where(p.c.status == "pending")
+    scores = {str(i): float(s) for i, s in (await connection.execute(query)).all()}
     outcome = await asyncio.to_thread(_plan, state, weights, today, now)
     replaced = {row["supersedes"] for row in outcome.proposals if row["supersedes"]}
     changes: list[dict[str, Any]] = []

@@ -89,7 +89,8 @@ async def _replan(
     pending = state[2]
     p = tables.proposals
     query = select(p.c.proposal_id, p.c.score).where(p.c.status == "pending")
-    scores = {str(i): float(s) for i, s in (await connection.execute(query)).all()}
+    rows = (await connection.execute(query)).mappings().all()
+    scores = {str(r["proposal_id"]): float(r["score"]) for r in rows}
     outcome = await asyncio.to_thread(_plan, state, weights, today, now)
     replaced = {row["supersedes"] for row in outcome.proposals if row["supersedes"]}
     changes: list[dict[str, Any]] = []

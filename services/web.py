@@ -109,6 +109,9 @@ def create_app(
 
     app.mount("/ui/static", StaticFiles(directory=STAFF_DIR / "static"), name="staff-static")
     app.include_router(staff_router)
+    from services.staff.calibration import router as staff_weights_router
+
+    app.include_router(staff_weights_router)
 
     @app.get("/health", tags=["operations"], summary="200 while the process lives")
     async def health() -> dict[str, str]:

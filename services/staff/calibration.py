@@ -1,0 +1,81 @@
+"""The staff page's panel on weights learned from decisions: what staff decided so far, how well
+the current and the fitted weights agree with it, what the fitted weights would change, and a
+button to adopt them (with a reason). Its own routes, template and script, next to the page."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+
+from services.matcher import calibration, tables
+from services.matcher import weights as weights_store
+from services.matcher.domain.scoring import CRITERIA
+from services.staff.page import _done, _require, templates
+
+router = APIRouter(include_in_schema=False)
+
+
+def percent(value: float | None) -> str:
+    """0.4583 -> '46 %'; None -> '–'."""
+    return "–" if value is None else f"{value * 100:.0f} %"
+
+
+def rank(value: float | None) -> str:
+    """1.0417 -> '1,04'; None -> '–'."""
+    return "–" if value is None else f"{value:.2f}".replace(".", ",")
+
+
+def when(value: str | None) -> str:
+    """An ISO time as '01.12.2026, 14:05 UTC'."""
+    if not value:
+        return ""
+    return dt.datetime.fromisoformat(value).strftime("%d.%m.%Y, %H:%M UTC")
+
+
+@router.get("/ui/fragments/calibration", response_class=HTMLResponse)
+async def panel(request: Request) -> Response:
+    """The panel (loaded by the page, refreshed when proposals change)."""
+    _, matcher = _require(request)
+    report = await calibration.report(matcher.engine, matcher.weights, matcher.today())
+    record = await weights_store.history(matcher.engine, matcher.weights)
+    async with matcher.engine.connect() as connection:
+        rows = await connection.execute(select(tables.members.c.id, tables.members.c.name))
+        names: dict[str, str] = {str(i): str(n) for i, n in rows.all()}
+    return templates.TemplateResponse(
+        request, "_calibration.html",
+        {"c": report, "record": record, "names": names, "percent": percent, "rank": rank,
+         "when": when},
+    )  # fmt: skip
+
+
+@router.post("/ui/weights")
+async def adopt(
+    request: Request,
+    reason: Annotated[str, Form(max_length=2000)] = "",
+    w_topics: Annotated[float, Form()] = 0.0,
+    w_population: Annotated[float, Form()] = 0.0,
+    w_geography: Annotated[float, Form()] = 0.0,
+    w_experience: Annotated[float, Form()] = 0.0,
+    w_network: Annotated[float, Form()] = 0.0,
+) -> Response:
+    """Adopt the weights shown (the fitted ones) with a reason: the same as PUT /api/weights."""
+    principal, matcher = _require(request)
+    if not reason.strip():
+        raise HTTPException(status_code=422, detail="Bitte einen Grund für die Übernahme angeben.")
+    given: dict[str, Any] = {
+        "topics": w_topics, "population": w_population, "geography": w_geography,
+        "experience": w_experience, "network": w_network,
+    }  # fmt: skip
+    try:
+        weights = weights_store.normalised({c: given[c] for c in CRITERIA if c in given})
+    except ValueError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from error
+    await calibration.adopt(
+        matcher.engine, weights, reason.strip(), principal.name, matcher.today(), matcher.holder
+    )
+    matcher.relay.wake()
+    return _done(request, "Gewichte übernommen.")

@@ -14,7 +14,9 @@ from services.matcher.domain.calibration import (
     agreement,
     calibrate,
     cross_validated,
+    fit_coefficients,
     fit_weights,
+    objective,
     ranks,
 )
 from services.matcher.domain.scoring import CRITERIA
@@ -112,7 +114,7 @@ def test_ranks_count_ties_as_half() -> None:
 breakdowns = st.fixed_dictionaries({c: st.floats(0, 1, allow_nan=False) for c in CRITERIA})
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     st.lists(
         st.tuples(st.lists(breakdowns, min_size=1, max_size=5), st.integers(0, 4), st.booleans()),
@@ -135,3 +137,38 @@ def test_fitted_weights_are_a_valid_weighting_and_ranks_are_in_range(
     if found.top1 is not None and found.mean_rank is not None:
         assert 0 <= found.top1 <= 1
         assert 1 <= found.mean_rank <= 5
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(st.floats(0, 1, allow_nan=False), st.floats(0, 1, allow_nan=False)),
+                min_size=2,
+                max_size=4,
+            ),
+            st.integers(0, 3),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_fit_is_at_least_as_likely_as_every_point_of_a_grid(
+    raw: list[tuple[list[tuple[float, float]], int]],
+) -> None:
+    """Brute force on two criteria: no coefficients on a grid make the decisions more likely
+    (penalised) than the fitted ones."""
+    criteria = ("topics", "geography")
+    decisions = [
+        Decision(tuple({"topics": a, "geography": b} for a, b in shown), pick % len(shown))
+        for shown, pick in raw
+    ]
+    beta = fit_coefficients(decisions, criteria)
+    assert beta is not None and (beta >= 0).all()
+    penalised = objective(decisions, criteria)
+    best = penalised(beta.tolist())
+    grid = np.linspace(0, 8, 17)
+    for a in grid:
+        for b in grid:
+            assert best <= penalised([a, b]) + 1e-6

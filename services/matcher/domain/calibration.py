@@ -28,13 +28,12 @@ Plain Python with numpy/scipy; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
-from scipy.special import logsumexp
 
 #: Decisions needed before a fit is reported (the contract allows at most 30).
 MINIMUM_DECISIONS = 20
@@ -96,6 +95,15 @@ class Calibration:
         return max(0, self.minimum - self.decisions)
 
 
+def _logsumexp(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``log(sum(exp(values)))`` along the last axis, stable; -inf entries are absent options."""
+    top = values.max(axis=1)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        result: NDArray[np.float64] = shift + np.log(np.exp(values - shift[:, None]).sum(axis=1))
+    return result
+
+
 class _Data:
     """Decisions as padded arrays: scores (n, k, c), which options exist (n, k), choices."""
 
@@ -130,7 +138,7 @@ def _negative_log_likelihood(
     """Mean negative log-likelihood plus ridge, and its gradient."""
     n = len(data)
     utility = np.where(data.mask, data.x @ beta, -np.inf)  # (n, k)
-    everyone = logsumexp(utility, axis=1)  # (n,)
+    everyone = _logsumexp(utility)  # (n,)
     p = np.exp(utility - everyone[:, None])  # (n, k); 0 where absent
     expected = np.einsum("nk,nkc->nc", p, data.x)  # (n, c)
     rows = np.arange(n)
@@ -140,7 +148,7 @@ def _negative_log_likelihood(
     # reject: -log(1 - P(proposal)) = logsumexp(all) - logsumexp(all but the proposal)
     others = utility.copy()
     others[:, 0] = -np.inf
-    rest = logsumexp(others, axis=1)
+    rest = _logsumexp(others)
     q = np.exp(others - rest[:, None])
     q = np.where(np.isfinite(others), q, 0.0)
     rest_x = np.einsum("nk,nkc->nc", q, data.x)
@@ -160,17 +168,44 @@ def fit_weights(decisions: Sequence[Decision], criteria: Sequence[str]) -> dict[
     return _fit(_Data(usable, criteria), criteria)
 
 
-def _fit(data: _Data, criteria: Sequence[str]) -> dict[str, float] | None:
-    start = np.ones(len(criteria))
+def objective(
+    decisions: Sequence[Decision], criteria: Sequence[str]
+) -> Callable[[Sequence[float]], float]:
+    """The function the fit minimises (mean negative log-likelihood plus the ridge penalty) of
+    the unscaled coefficients ``beta``; for checking the fit against other coefficients."""
+    data = _Data([d for d in decisions if d.informative], criteria)
+
+    def value(beta: Sequence[float]) -> float:
+        return _negative_log_likelihood(np.asarray(beta, dtype=np.float64), data)[0]
+
+    return value
+
+
+def fit_coefficients(
+    decisions: Sequence[Decision], criteria: Sequence[str]
+) -> NDArray[np.float64] | None:
+    """The unscaled coefficients ``beta >= 0`` minimising ``objective`` (None without
+    informative decisions). With accepts and choices only the problem is convex, so the
+    minimum found is the global one; rejections make it non-convex in general (a local
+    minimum from the start at equal coefficients)."""
+    usable = [d for d in decisions if d.informative]
+    return _coefficients(_Data(usable, criteria), len(criteria)) if usable else None
+
+
+def _coefficients(data: _Data, width: int) -> NDArray[np.float64]:
     result = minimize(
         _negative_log_likelihood,
-        start,
+        np.ones(width),
         args=(data,),
         jac=True,
         method="L-BFGS-B",
-        bounds=[(0.0, None)] * len(criteria),
+        bounds=[(0.0, None)] * width,
     )
-    beta = np.clip(np.asarray(result.x, dtype=np.float64), 0.0, None)
+    return np.clip(np.asarray(result.x, dtype=np.float64), 0.0, None)
+
+
+def _fit(data: _Data, criteria: Sequence[str]) -> dict[str, float] | None:
+    beta = _coefficients(data, len(criteria))
     total = float(beta.sum())
     if not np.isfinite(total) or total <= 1e-9:
         return None

@@ -24,6 +24,7 @@ from services.matcher import weights as weights_store
 from services.matcher.domain.calibration import Agreement, Decision, calibrate
 from services.matcher.domain.scoring import Weights
 from services.matcher.resolve import _Outcome, _plan, load_state, record_outcome, take_lock
+from services.matcher.service import MatcherService
 
 
 async def decision_history(connection: AsyncConnection) -> list[Decision]:
@@ -175,3 +176,25 @@ async def report(engine: AsyncEngine, configured: Weights, today: dt.date) -> di
 
 def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
     return {c: round(w, 4) for c, w in weights.items()}
+
+
+# --- for the routers: the running matcher's engine, settings and clock -----------------------
+
+
+async def report_of(service: MatcherService) -> dict[str, Any]:
+    """``report`` for the running matcher (its configured weights below the adopted ones)."""
+    return await report(service.engine, service.weights, service.today())
+
+
+async def preview_on(service: MatcherService, weights: Weights) -> dict[str, Any]:
+    """``preview`` against the running matcher's state."""
+    return await preview(service.engine, weights, service.today())
+
+
+async def adopt_on(
+    service: MatcherService, weights: Weights, reason: str, actor: str
+) -> dict[str, Any]:
+    """``adopt`` on the running matcher, then send the new proposals' events."""
+    result = await adopt(service.engine, weights, reason, actor, service.today(), service.holder)
+    service.relay.wake()
+    return result

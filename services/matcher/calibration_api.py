@@ -65,7 +65,7 @@ async def get_calibration(_: Staff, service: Service) -> dict[str, Any]:
     """Fits the weights to the decisions so far (conditional logit; see docs/matching.md) and
     reports how the current and the fitted weights agree with held-out decisions, and which
     pending proposals the fitted weights would change. Changes nothing."""
-    return await calibration.report(service.engine, service.weights, service.today())
+    return await calibration.report_of(service)
 
 
 @router.post("/plans/preview", summary="What other weights would change (staff)")
@@ -73,7 +73,7 @@ async def preview(body: WeightsBody, _: Staff, service: Service) -> dict[str, An
     """The pending proposals whose mentor the given weights would change (``to`` null: the
     newcomer would get none; ``from`` null: it has none yet), and how many stay. Stores and
     publishes nothing."""
-    return await calibration.preview(service.engine, body.parsed(), service.today())
+    return await calibration.preview_on(service, body.parsed())
 
 
 @router.put("/weights", summary="Adopt weights (staff)")
@@ -81,12 +81,7 @@ async def put_weights(body: AdoptBody, principal: Staff, service: Service) -> di
     """Records the weights (who, when, why; kept across restarts, above ``TANDEM_WEIGHTS``),
     re-plans every pending proposal with them and supersedes those whose mentor changes:
     exactly the changes ``POST /api/plans/preview`` shows for the same state."""
-    result = await calibration.adopt(
-        service.engine, body.parsed(), body.reason, principal.name, service.today(),
-        service.holder,
-    )  # fmt: skip
-    service.relay.wake()
-    return result
+    return await calibration.adopt_on(service, body.parsed(), body.reason, principal.name)
 
 
 @router.get("/weights", summary="The weights in force and their history (staff)")

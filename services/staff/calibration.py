@@ -5,7 +5,7 @@ button to adopt them (with a reason). Its own routes, template and script, next 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -40,7 +40,7 @@ def when(value: str | None) -> str:
 async def panel(request: Request) -> Response:
     """The panel (loaded by the page, refreshed when proposals change)."""
     _, matcher = _require(request)
-    report = await calibration.report(matcher.engine, matcher.weights, matcher.today())
+    report = await calibration.report_of(matcher)
     record = await weights_store.history(matcher.engine, matcher.weights)
     async with matcher.engine.connect() as connection:
         rows = await connection.execute(select(tables.members.c.id, tables.members.c.name))
@@ -53,29 +53,17 @@ async def panel(request: Request) -> Response:
 
 
 @router.post("/ui/weights")
-async def adopt(
-    request: Request,
-    reason: Annotated[str, Form(max_length=2000)] = "",
-    w_topics: Annotated[float, Form()] = 0.0,
-    w_population: Annotated[float, Form()] = 0.0,
-    w_geography: Annotated[float, Form()] = 0.0,
-    w_experience: Annotated[float, Form()] = 0.0,
-    w_network: Annotated[float, Form()] = 0.0,
-) -> Response:
-    """Adopt the weights shown (the fitted ones) with a reason: the same as PUT /api/weights."""
+async def adopt(request: Request, reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """Adopt the weights shown (the fitted ones, as fields ``w_<criterion>``) with a reason:
+    the same as ``PUT /api/weights``."""
     principal, matcher = _require(request)
     if not reason.strip():
         raise HTTPException(status_code=422, detail="Bitte einen Grund für die Übernahme angeben.")
-    given: dict[str, Any] = {
-        "topics": w_topics, "population": w_population, "geography": w_geography,
-        "experience": w_experience, "network": w_network,
-    }  # fmt: skip
+    form = await request.form()
     try:
-        weights = weights_store.normalised({c: given[c] for c in CRITERIA if c in given})
+        given = {c: float(str(form[f"w_{c}"])) for c in CRITERIA if f"w_{c}" in form}
+        weights = weights_store.normalised(given)
     except ValueError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from error
-    await calibration.adopt(
-        matcher.engine, weights, reason.strip(), principal.name, matcher.today(), matcher.holder
-    )
-    matcher.relay.wake()
+        raise HTTPException(status_code=422, detail=f"Ungültige Gewichte: {error}") from error
+    await calibration.adopt_on(matcher, weights, reason.strip(), principal.name)
     return _done(request, "Gewichte übernommen.")

@@ -184,6 +184,14 @@ async def test_staff_adopt_weights_learned_from_their_decisions(sqlite_node: Nod
         await browserless.post("/ui/login", data={"token": STAFF})
         empty = await browserless.get("/ui/fragments/calibration")
         assert empty.status_code == 200 and "es fehlen noch 20" in empty.text
+        for form in (
+            {"reason": " ", "w_geography": "1"},
+            {"reason": "x"},
+            {"reason": "x", "w_geography": "-1"},
+            {"reason": "x", "w_topics": "viel"},
+        ):
+            refused = await browserless.post("/ui/weights", data=form)
+            assert refused.status_code == 422, (form, refused.text)
         for year in (2021, 2022, 2023):
             await register(platform, cohorts[year])
             await decide_like_staff(staff, cohorts[year], members)

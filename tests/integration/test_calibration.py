@@ -9,13 +9,20 @@ weights staff must take clearly more proposals as proposed.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import insert
 
+from services.infra.db import make_engine, migrate
+from services.matcher import tables
+from services.matcher.calibration import decision_history
+from services.matcher.service import MIGRATIONS
 from services.runtime import Node
 from tests.conftest import STAFF, eventually, member_body
 
@@ -252,3 +259,41 @@ async def test_weights_are_validated_and_staff_only(
             assert made["score"] == pytest.approx(expected)
     finally:
         await again.stop()
+
+
+async def test_decision_history_reads_accepts_choices_and_rejections(tmp_path: Path) -> None:
+    """What each stored decision means for the fit: an accept takes the proposal over its
+    alternatives, a choice (an accepted proposal superseding a rejected one) takes that
+    alternative, a plain rejection turns the proposal down; superseded ones are no decisions."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/matcher.db")
+    await migrate(engine, MIGRATIONS, "alembic_version_matcher")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def row(pid: str, mentor: str, status: str, geo: float, alternatives: list[tuple[str, float]],
+            supersedes: str | None = None, minute: int = 0) -> dict[str, Any]:  # fmt: skip
+        return {
+            "proposal_id": pid, "newcomer_id": "n", "mentor_id": mentor, "score": geo,
+            "breakdown": {"geography": geo}, "reasons": [], "supersedes": supersedes,
+            "alternatives": [{"mentor_id": m, "score": g, "breakdown": {"geography": g}}
+                             for m, g in alternatives],
+            "status": status, "created_at": now, "decided_at": now + dt.timedelta(minutes=minute),
+        }  # fmt: skip
+
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(tables.proposals),
+            [
+                row("p1", "a", "accepted", 0.9, [("b", 0.5), ("c", 0.4)], minute=1),
+                row("p2", "a", "rejected", 0.9, [("b", 0.5), ("c", 0.4)], minute=2),
+                row("p3", "c", "accepted", 0.4, [], supersedes="p2", minute=2),
+                row("p4", "b", "rejected", 0.5, [("c", 0.4)], minute=3),
+                row("p5", "b", "superseded", 0.5, [("c", 0.4)], minute=4),
+                row("p6", "d", "accepted", 0.3, [], minute=5),
+            ],
+        )
+    async with engine.connect() as connection:
+        decisions = await decision_history(connection)
+    await engine.dispose()
+    assert [(len(d.shown), d.chosen) for d in decisions] == [(3, 0), (3, 2), (2, None), (1, 0)]
+    assert decisions[1].shown[2] == {"geography": 0.4}
+    assert not decisions[3].informative

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from services.matcher import calibration, tables
 from services.matcher import weights as weights_store
 from services.matcher.domain.scoring import CRITERIA
+from services.staff.geo import distance_km
 from services.staff.page import _done, _require, templates
 
 router = APIRouter(include_in_schema=False)
@@ -42,13 +43,25 @@ async def panel(request: Request) -> Response:
     _, matcher = _require(request)
     report = await calibration.report_of(matcher)
     record = await weights_store.history(matcher.engine, matcher.weights)
+    m = tables.members
     async with matcher.engine.connect() as connection:
-        rows = await connection.execute(select(tables.members.c.id, tables.members.c.name))
-        names: dict[str, str] = {str(i): str(n) for i, n in rows.all()}
+        rows = (await connection.execute(select(m.c.id, m.c.name, m.c.lat, m.c.lon))).all()
+    names = {str(r[0]): str(r[1]) for r in rows}
+    places = {str(r[0]): (r[2], r[3]) for r in rows if r[2] is not None and r[3] is not None}
+
+    def pair(newcomer_id: str, mentor_id: str | None) -> str:
+        """'Lemgo (140 km)': the mentor and how far it is from the newcomer."""
+        if mentor_id is None:
+            return "kein Vorschlag"
+        name = names.get(mentor_id, mentor_id)
+        if newcomer_id in places and mentor_id in places:
+            return f"{name} ({distance_km(*places[newcomer_id], *places[mentor_id]):.0f} km)"
+        return name
+
     return templates.TemplateResponse(
         request, "_calibration.html",
-        {"c": report, "record": record, "names": names, "percent": percent, "rank": rank,
-         "when": when},
+        {"c": report, "record": record, "names": names, "pair": pair, "percent": percent,
+         "rank": rank, "when": when},
     )  # fmt: skip
 
 

@@ -234,9 +234,9 @@ async def test_weights_are_validated_and_staff_only(
     assert adopted.json()["weights"]["geography"] == 0.75
     assert adopted.json()["changes"] == [] and adopted.json()["unchanged"] == 0
 
-    # Kept across a restart, above TANDEM_WEIGHTS (unset here: the defaults), and used.
+    # Kept across a restart, above TANDEM_WEIGHTS, and used.
     await node.stop()
-    again = Node(node.settings)
+    again = Node(node.settings, overrides={"weights": "topics=1,population=0,geography=0"})
     await again.start()
     try:
         headers = {"Authorization": f"Bearer {STAFF}"}

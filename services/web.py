@@ -107,15 +107,20 @@ def create_app(
     if matcher is not None:
         from services.matcher.advice_api import router as advice_router
         from services.matcher.api import router as matcher_router
+        from services.matcher.calibration_api import router as weights_router
 
         app.include_router(matcher_router)
         app.include_router(advice_router)
+        app.include_router(weights_router)
 
     from services.staff.page import HERE as STAFF_DIR
     from services.staff.page import router as staff_router
 
     app.mount("/ui/static", StaticFiles(directory=STAFF_DIR / "static"), name="staff-static")
     app.include_router(staff_router)
+    from services.staff.calibration import router as staff_weights_router
+
+    app.include_router(staff_weights_router)
 
     @app.get(
         "/api/topics",

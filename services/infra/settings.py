@@ -128,7 +128,8 @@ class MatcherSettings(CommonSettings):
     )
     weights: str | None = Field(
         default=None,
-        description="Score weights, e.g. `topics=0.4,population=0.2`; unset: the defaults.",
+        description="Score weights, e.g. `topics=0.4,population=0.2`; unset: the defaults. "
+        "Weights staff adopt (`PUT /api/weights`) take precedence.",
     )
 
     @field_validator("weights")

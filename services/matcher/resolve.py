@@ -25,6 +25,7 @@ from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, plan_tandems, reconcile, unmatched_message
 from services.matcher.domain.scoring import Weights
 from services.matcher.store import domain_member
+from services.matcher.weights import adopted as adopted_weights
 
 log = logging.getLogger(__name__)
 LOCK = "solve"
@@ -233,27 +234,35 @@ async def resolve(
     throughout, as before. Rows are written with one executemany per table."""
     async with engine.begin() as connection:
         await take_lock(connection, holder)
+        weights = await adopted_weights(connection) or weights  # staff's, above the settings
         state = await load_state(connection, today)
         now = utcnow()
         outcome = await asyncio.to_thread(_plan, state, weights, today, now)
-        plan, superseded = outcome.plan, outcome.superseded
-        if superseded:
-            await connection.execute(
-                update(tables.proposals)
-                .where(tables.proposals.c.proposal_id.in_(superseded))
-                .where(tables.proposals.c.status == "pending")
-                .values(status="superseded", decided_at=now, decided_by="matcher",
-                        decision_reason="re-solve found a better assignment")
-            )  # fmt: skip
-        if outcome.proposals:
-            await connection.execute(insert(tables.proposals), outcome.proposals)
-            await connection.execute(insert(tables.outbox), outcome.events)
-        await connection.execute(delete(tables.waiting))
-        if outcome.waiting:
-            await connection.execute(insert(tables.waiting), outcome.waiting)
+        await record_outcome(connection, outcome, now)
+    plan = outcome.plan
     return SolveResult(
         newcomers=len(plan.proposals) + len(plan.unmatched),
         proposed=len(outcome.proposals),
-        superseded=len(superseded),
+        superseded=len(outcome.superseded),
         unmatched=len(plan.unmatched),
     )
+
+
+async def record_outcome(connection: AsyncConnection, outcome: _Outcome, now: dt.datetime) -> None:
+    """Write a plan's changes in the caller's transaction (which holds the solver lock):
+    supersede, insert the new proposals and their events, replace the waiting list."""
+    superseded = outcome.superseded
+    if superseded:
+        await connection.execute(
+            update(tables.proposals)
+            .where(tables.proposals.c.proposal_id.in_(superseded))
+            .where(tables.proposals.c.status == "pending")
+            .values(status="superseded", decided_at=now, decided_by="matcher",
+                    decision_reason="re-solve found a better assignment")
+        )  # fmt: skip
+    if outcome.proposals:
+        await connection.execute(insert(tables.proposals), outcome.proposals)
+        await connection.execute(insert(tables.outbox), outcome.events)
+    await connection.execute(delete(tables.waiting))
+    if outcome.waiting:
+        await connection.execute(insert(tables.waiting), outcome.waiting)

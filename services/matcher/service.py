@@ -38,6 +38,7 @@ from services.matcher import store, tables
 from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
 from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
+from services.matcher.weights import in_force as weights_in_force
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -48,6 +49,8 @@ class MatcherService:
 
     def __init__(self, settings: MatcherSettings, sink: RecordSink | None = None) -> None:
         self.settings = settings
+        # The configured weights; those staff adopt (PUT /api/weights) are kept in the
+        # database and take precedence (see ``services.matcher.weights``).
         self.weights = Weights.parse(settings.weights) if settings.weights else Weights()
         self.engine = make_engine(settings.database_for("matcher"))
         self.sink = sink or kafka_sink(settings, "matcher")
@@ -289,9 +292,10 @@ class MatcherService:
         self, proposal_id: str, mentor_id: str, actor: str, reason: str
     ) -> dict[str, Any]:
         """Accept an alternative and reject the current proposal in one step."""
+        weights = await weights_in_force(self.engine, self.weights)  # adopted by staff
         row = await choose_alternative(
             self.engine, proposal_id, mentor_id, actor, reason, self.today(),
-            self.settings.tandem_months, self.weights,
+            self.settings.tandem_months, weights,
         )  # fmt: skip
         self.relay.wake()
         self.request_solve()

@@ -125,3 +125,14 @@ advice_recommendations = Table(
     Column("city_id", String(64), primary_key=True),
     Column("at", DateTime(timezone=True), nullable=False, index=True),
 )
+
+# Weights adopted by staff (PUT /api/weights): the newest row is in force, above the settings.
+weights = Table(
+    "matcher_weights",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("weights", JSON, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("set_by", String(200), nullable=False),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+)

@@ -152,3 +152,110 @@ async def test_staff_review_proposals_in_the_browser(sqlite_node: Node) -> None:
             await page.screenshot(path=str(ARTIFACTS / "staff-page-after.png"), full_page=True)
         finally:
             await browser.close()
+
+
+@pytest.mark.slow
+async def test_staff_adopt_weights_learned_from_their_decisions(sqlite_node: Node) -> None:
+    """The weights panel: decisions so far, agreement now and with the fitted weights, what
+    would change, and adopting them with a reason."""
+    if not HAVE_CHROMIUM:
+        pytest.skip(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+    from playwright.async_api import async_playwright, expect
+
+    from services.staff.calibration import percent
+    from tests.integration.test_calibration import (
+        all_proposed,
+        decide_like_staff,
+        network,
+        register,
+    )
+
+    url = sqlite_node.url
+    mentors, cohorts = network()
+    members = {m["id"]: m for m in mentors + [x for c in cohorts.values() for x in c]}
+    async with (
+        httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {PLATFORM}"}
+        ) as platform,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {STAFF}"}) as staff,
+        httpx.AsyncClient(base_url=url) as browserless,
+    ):
+        await register(platform, mentors)
+        await browserless.post("/ui/login", data={"token": STAFF})
+        empty = await browserless.get("/ui/fragments/calibration")
+        assert empty.status_code == 200 and "es fehlen noch 20" in empty.text
+        for form in (
+            {"reason": " ", "w_geography": "1"},
+            {"reason": "x"},
+            {"reason": "x", "w_geography": "-1"},
+            {"reason": "x", "w_topics": "viel"},
+        ):
+            refused = await browserless.post("/ui/weights", data=form)
+            assert refused.status_code == 422, (form, refused.text)
+        for year in (2021, 2022, 2023):
+            await register(platform, cohorts[year])
+            await decide_like_staff(staff, cohorts[year], members)
+        await register(platform, cohorts[2024])
+        ids = {m["id"] for m in cohorts[2024]}
+        await eventually(lambda: all_proposed(staff, ids), "proposals for the 2024 cohort", 30)
+        calibration = (await staff.get("/api/calibration")).json()
+        assert calibration["fitted"] is not None and calibration["changes"]
+
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync"],
+            )  # fmt: skip
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 900})
+                await page.goto(url + "/")
+                await page.get_by_label("Staff-Token").fill(STAFF)
+                await page.get_by_role("button", name="Anmelden").click()
+                panel = page.locator("#calibration")
+                await expect(
+                    panel.get_by_role("heading", name="Gewichte aus Entscheidungen")
+                ).to_be_visible()
+                await expect(panel.locator(".decisions")).to_have_text("24")
+                await expect(panel.locator(".current-top1")).to_have_text(
+                    percent(calibration["current"]["top1"])
+                )
+                await expect(panel.locator(".fitted-top1")).to_have_text(
+                    percent(calibration["fitted"]["top1"])
+                )
+                await expect(panel.locator("ul.changes li")).to_have_count(
+                    len(calibration["changes"])
+                )
+                await panel.scroll_into_view_if_needed()
+                ARTIFACTS.mkdir(exist_ok=True)
+                await panel.screenshot(path=str(ARTIFACTS / "staff-page-weights.png"))
+
+                # Adopting needs a reason; then the proposals change as the panel said.
+                await panel.get_by_label("Grund der Übernahme").fill("Nähe zählt für Besuche")
+                await panel.get_by_role("button", name="Geschätzte Gewichte übernehmen").click()
+                await expect(panel.locator(".calibration-status")).to_have_text(
+                    "Gewichte übernommen."
+                )
+                await expect(panel.locator(".weights-source")).to_contain_text(
+                    "übernommen von Erika Staff"
+                )
+                record = (await staff.get("/api/weights")).json()
+                assert (
+                    record["source"] == "adopted" and record["reason"] == "Nähe zählt für Besuche"
+                )
+                assert record["weights"] == pytest.approx(
+                    calibration["fitted"]["weights"], abs=1e-3
+                )
+                now = await pending(url)
+                for change in calibration["changes"]:
+                    assert now[change["newcomer_id"]]["mentor_id"] == change["to"]
+                    card = page.locator(f'article[data-newcomer="{change["newcomer_id"]}"]')
+                    await expect(card).to_have_attribute(
+                        "data-proposal", str(now[change["newcomer_id"]]["proposal_id"]),
+                        timeout=20_000,
+                    )  # fmt: skip
+                # Nothing more to change under the weights now in force.
+                await expect(panel.locator("ul.changes li")).to_have_count(0)
+            finally:
+                await browser.close()

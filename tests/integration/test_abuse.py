@@ -173,6 +173,8 @@ def _templates(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/proposals/{proposal_id}/choose"): {"mentor_id": world.members[1]},
         ("PUT", "/api/pairs/{newcomer_id}/{mentor_id}"): {"rule": "forbidden"},
         ("POST", "/api/advice-requests"): {"city_id": "goeppingen", "topics": ["democracy"]},
+        ("POST", "/api/plans/preview"): {"weights": {"topics": 1, "geography": 2}},
+        ("PUT", "/api/weights"): {"weights": {"topics": 1, "geography": 2}, "reason": "Test"},
     }
 
 

@@ -1,7 +1,7 @@
 """weights adopted by staff
 
-Revision ID: matcher_h5b
-Revises: matcher_0003
+Revision ID: matcher_0005
+Revises: matcher_0004
 Create Date: 2026-12-01 14:40:00
 
 """
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = 'matcher_h5b'
-down_revision: Union[str, Sequence[str], None] = 'matcher_0003'
+revision: str = 'matcher_0005'
+down_revision: Union[str, Sequence[str], None] = 'matcher_0004'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,7 +1,7 @@
 """poison records: parked outbox rows, event digests, dead-letter originals
 
-Revision ID: matcher_h2_poison
-Revises: matcher_0003
+Revision ID: registry_0003
+Revises: registry_0002
 Create Date: 2026-12-01 15:00:00
 
 """
@@ -12,15 +12,15 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = 'matcher_h2_poison'
-down_revision: Union[str, Sequence[str], None] = 'matcher_0003'
+revision: str = 'registry_0003'
+down_revision: Union[str, Sequence[str], None] = 'registry_0002'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
     """Upgrade schema."""
-    op.create_table('matcher_dead_letter_originals',
+    op.create_table('registry_dead_letter_originals',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('topic', sa.String(length=200), nullable=False),
     sa.Column('partition', sa.Integer(), nullable=True),
@@ -32,21 +32,21 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('matcher_outbox', schema=None) as batch_op:
+    with op.batch_alter_table('registry_outbox', schema=None) as batch_op:
         batch_op.add_column(sa.Column('parked_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('error', sa.Text(), nullable=True))
 
-    with op.batch_alter_table('matcher_processed_events', schema=None) as batch_op:
+    with op.batch_alter_table('registry_processed_events', schema=None) as batch_op:
         batch_op.add_column(sa.Column('digest', sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    with op.batch_alter_table('matcher_processed_events', schema=None) as batch_op:
+    with op.batch_alter_table('registry_processed_events', schema=None) as batch_op:
         batch_op.drop_column('digest')
 
-    with op.batch_alter_table('matcher_outbox', schema=None) as batch_op:
+    with op.batch_alter_table('registry_outbox', schema=None) as batch_op:
         batch_op.drop_column('error')
         batch_op.drop_column('parked_at')
 
-    op.drop_table('matcher_dead_letter_originals')
+    op.drop_table('registry_dead_letter_originals')

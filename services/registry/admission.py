@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from schemas.member import MemberRegistration
@@ -52,4 +53,18 @@ def admission_violations(member: MemberRegistration) -> list[RuleViolation]:
             )
     if member.contact is None:
         problems.append(RuleViolation("contact", "a contact person is needed"))
+    return problems
+
+
+def wish_violations(
+    member_id: str, wishes: Sequence[str], existing: Collection[str]
+) -> list[RuleViolation]:
+    """Wished Tandem-Städte must be other members the registry knows (``existing``: those of
+    ``wishes`` that are registered)."""
+    problems = []
+    if member_id in wishes:
+        problems.append(RuleViolation("wishes", "a member cannot wish itself"))
+    unknown = [w for w in wishes if w not in existing and w != member_id]
+    if unknown:
+        problems.append(RuleViolation("wishes", f"unknown member(s): {', '.join(unknown)}"))
     return problems

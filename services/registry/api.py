@@ -13,7 +13,7 @@ from schemas.member import MemberRegistration, MemberUpdate
 from services.infra.auth import Principal
 from services.infra.http import Page, SafeRoute, field_errors, require
 from services.registry import gazetteer, store
-from services.registry.admission import admission_violations
+from services.registry.admission import RuleViolation, admission_violations, wish_violations
 from services.registry.service import RegistryService
 
 router = APIRouter(prefix="/api/members", tags=["members"], route_class=SafeRoute)
@@ -31,6 +31,16 @@ def _out(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }
+
+
+async def _wish_problems(
+    service: RegistryService, member: MemberRegistration
+) -> list[RuleViolation]:
+    if not member.wishes:
+        return []
+    async with service.engine.connect() as connection:
+        known = await store.existing_ids(connection, member.wishes)
+    return wish_violations(member.id, member.wishes, known)
 
 
 @router.post("", status_code=201, summary="Register an admitted member")
@@ -51,7 +61,7 @@ async def register_member(
     except gazetteer.GazetteerError as error:
         return field_errors([("population", str(error))], kind="gazetteer")
     member = completion.member
-    violations = admission_violations(member)
+    violations = admission_violations(member) + await _wish_problems(service, member)
     if violations:
         return field_errors([(v.field, v.message) for v in violations])
     try:

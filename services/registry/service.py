@@ -22,7 +22,7 @@ from services.infra.kafka import kafka_sink
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.settings import RegistrySettings
 from services.registry import gazetteer, store, tables
-from services.registry.admission import admission_violations
+from services.registry.admission import admission_violations, wish_violations
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,11 @@ class RegistryService:
             if await seen_before(connection, tables.processed_events, str(envelope.id),
                                  envelope.type):  # fmt: skip
                 return
+            known = await store.existing_ids(connection, member.wishes)
+            wishes = wish_violations(member.id, member.wishes, known)
+            problems = "; ".join(
+                [problems] * bool(problems) + [f"{v.field}: {v.message}" for v in wishes]
+            )
             if not problems:
                 try:
                     await store.add_member(

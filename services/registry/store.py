@@ -53,6 +53,8 @@ def public_member(row: RowMapping | dict[str, Any]) -> CityJoined:
         strengths=list(row["strengths"]),
         mentor_capacity=row["mentor_capacity"],
         seeks_tandem=row["seeks_tandem"],
+        wishes=list(row["wishes"] or []),
+        estimated=list(row["estimated"] or []),
         partners=[PartnerSector(sector=p["sector"]) for p in row["partners"]],
         status=row["status"],
         revision=row["revision"],
@@ -76,6 +78,8 @@ def member_row(member: MemberRegistration, today: dt.date) -> dict[str, Any]:
         "strengths": list(member.strengths),
         "mentor_capacity": member.mentor_capacity,
         "seeks_tandem": member.resolved_seeks_tandem(today),
+        "wishes": list(member.wishes),
+        "estimated": list(member.estimated),
         "contact": member.contact.model_dump() if member.contact else None,
         "partners": [p.model_dump() for p in member.partners],
         "exception_reason": member.exception_reason,
@@ -193,9 +197,17 @@ def registration_of(row: RowMapping | dict[str, Any]) -> dict[str, Any]:
     keys = (
         "id", "name", "kind", "state", "region", "population", "lat", "lon", "joined",
         "interests", "strengths", "mentor_capacity", "seeks_tandem", "contact", "partners",
-        "exception_reason",
+        "exception_reason", "wishes", "estimated",
     )  # fmt: skip
     return {k: row[k] for k in keys}
+
+
+async def existing_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` that are registered members (for checking wishes)."""
+    if not ids:
+        return set()
+    query = select(tables.members.c.id).where(tables.members.c.id.in_(list(ids)))
+    return set((await connection.execute(query)).scalars())
 
 
 async def _locked_member(connection: AsyncConnection, member_id: str) -> RowMapping:
@@ -223,7 +235,7 @@ async def update_member(
     the changed fields."""
     from pydantic import ValidationError
 
-    from services.registry.admission import admission_violations
+    from services.registry.admission import admission_violations, wish_violations
 
     given = change.model_dump(exclude_unset=True, mode="json")
     async with engine.begin() as connection:
@@ -239,6 +251,9 @@ async def update_member(
                 [{**e, "loc": ["body", *e["loc"]]} for e in error.errors(include_url=False)]
             ) from error
         problems = admission_violations(member)
+        if "wishes" in given:
+            known = await existing_ids(connection, member.wishes)
+            problems += wish_violations(member.id, member.wishes, known)
         if problems:
             raise InvalidChange(
                 [{"loc": ["body", v.field], "msg": v.message, "type": "admission_rule"}

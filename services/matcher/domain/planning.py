@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
@@ -21,10 +21,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import FIRST_CANDIDATES, solve_assignment
-from services.matcher.domain.explain import explain_pair
+from services.matcher.domain.explain import (
+    Rival,
+    distinguishing,
+    explain_pair,
+    pair_reasons,
+    why_not,
+    wish_not_possible,
+    wish_taken,
+)
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
-from services.matcher.domain.scoring import CRITERIA, Weights, score_matrix
+from services.matcher.domain.scoring import CRITERIA, ScoreMatrix, Weights, score_matrix
 
 #: How many alternatives a proposal lists.
 ALTERNATIVES = 3
@@ -71,11 +79,15 @@ class DroppedPin(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Alternative:
-    """Another eligible mentor for the newcomer, with its score."""
+    """Another eligible mentor for the newcomer, with its score; ``why_not`` says in German
+    why it is not the proposal, ``taken_by`` is the newcomer whose proposal of the same plan
+    uses that mentor (None if none does)."""
 
     mentor_id: str
     score: float
     breakdown: dict[str, float]
+    why_not: str = ""
+    taken_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,7 @@ class PlannedProposal:
     reasons: list[str]
     alternatives: tuple[Alternative, ...]
     pinned: bool = False
+    wished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +178,8 @@ def plan_tandems(
     pins, dropped = _pins(
         newcomers, active, column, capacity, feasible, pinned, rejected | forbidden, too_new
     )
-    chosen = solve_assignment(scores, capacity, feasible, incumbent, pins, scores.shortlist)
+    wish_pins = _wish_pins(newcomers, column, capacity, feasible, pins, incumbent, scores)
+    chosen = solve_assignment(scores, capacity, feasible, incumbent, wish_pins, scores.shortlist)
 
     unmatched: dict[str, str] = {}
     years = np.sort([x.joined.year for x in active])
@@ -206,8 +220,19 @@ def plan_tandems(
                     for k, value, parts_of in islice(cells, alternatives)
                 ),
                 pinned=bool(pins[i] >= 0),
+                wished=bool(wish_pins[i] >= 0 and pins[i] < 0),
             )
         )
+    component = {
+        node: index for index, part in enumerate(nx.connected_components(graph)) for node in part
+    }
+    context = _Context(
+        newcomers, mentors, column, capacity, feasible, chosen, scores, weights, graph,
+        {x.id: x for x in members}, rejected | forbidden, incumbent, component,
+        np.array([component.get(x.id, -1) for x in mentors], dtype=np.int_),
+        {x.id: i for i, x in enumerate(newcomers)},
+    )  # fmt: skip
+    proposals = [_explained(p, context) for p in proposals]
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
 
 
@@ -314,6 +339,170 @@ def _alternatives(shortlist: NDArray[np.int_], chosen: NDArray[np.int_]) -> NDAr
         pad = np.full((result.shape[0], ALTERNATIVES - result.shape[1]), -1, dtype=np.int_)
         result = np.concatenate([result, pad], axis=1)
     return result
+
+
+# --- wishes ----------------------------------------------------------------------------------
+
+
+def _wish_pins(
+    newcomers: Sequence[Member],
+    column: Mapping[str, int],
+    capacity: NDArray[np.int_],
+    feasible: NDArray[np.bool_],
+    pins: NDArray[np.int_],
+    incumbent: NDArray[np.int_],
+    scores: ScoreMatrix,
+) -> NDArray[np.int_]:
+    """``pins`` plus a wished mentor for as many newcomers as possible.
+
+    A newcomer without a pin that wished eligible mentors with room gets one of them, fixed
+    like a pin. When wishes exceed a mentor's capacity, the joint score decides: the wishes
+    are granted by the same solver on the wished pairs only (most wishes granted, then the
+    highest sum of their scores, current proposals kept at ties)."""
+    m = len(column)
+    wish = np.zeros((len(newcomers), m), dtype=np.bool_)
+    for i, newcomer in enumerate(newcomers):
+        if pins[i] < 0:
+            for wished in newcomer.wishes:
+                if wished in column:
+                    wish[i, column[wished]] = True
+    wish &= feasible
+    rows = np.flatnonzero(wish.any(axis=1))
+    if rows.size == 0:
+        return pins
+    left = capacity - np.bincount(pins[pins >= 0], minlength=m)
+    sub_incumbent = np.where(wish[rows, np.maximum(incumbent[rows], 0)], incumbent[rows], -1)
+    granted = solve_assignment(
+        scores.rows(rows), left.astype(np.int_), wish[rows], sub_incumbent,
+        np.full(rows.size, -1, dtype=np.int_),
+    )  # fmt: skip
+    result = pins.copy()
+    result[rows[granted >= 0]] = granted[granted >= 0]
+    return result
+
+
+# --- reasons and why not the others ----------------------------------------------------------
+
+#: How many other eligible mentors are checked at most before a statement is called shared.
+SHARED_CHECK_LIMIT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    newcomers: Sequence[Member]
+    mentors: Sequence[Member]
+    column: Mapping[str, int]
+    capacity: NDArray[np.int_]
+    feasible: NDArray[np.bool_]
+    chosen: NDArray[np.int_]
+    scores: ScoreMatrix
+    weights: Weights
+    graph: nx.Graph
+    members: Mapping[str, Member]
+    excluded: set[Pair]
+    incumbent: NDArray[np.int_]
+    component: Mapping[str, int]
+    mentor_component: NDArray[np.int_]
+    row: Mapping[str, int]
+
+
+def _explained(proposal: PlannedProposal, c: _Context) -> PlannedProposal:
+    """The proposal with its distinguishing reasons, wish sentences and why-not per
+    alternative (all computed from the finished plan)."""
+    row = c.row[proposal.newcomer_id]
+    newcomer, j = c.newcomers[row], int(c.chosen[row])
+    reasons = pair_reasons(newcomer, c.mentors[j], proposal.breakdown, c.weights, proposal.wished)
+    shown = distinguishing(
+        [r for r in reasons if not (r.criterion == "network" and _network_shared(row, c))],
+        _others(row, j, proposal, c),
+    )
+    shown += _wish_sentences(row, proposal, c)
+    alternatives = tuple(_why_not(row, proposal, a, c) for a in proposal.alternatives)
+    return PlannedProposal(
+        newcomer_id=proposal.newcomer_id, mentor_id=proposal.mentor_id, score=proposal.score,
+        breakdown=proposal.breakdown, reasons=shown, alternatives=alternatives,
+        pinned=proposal.pinned, wished=proposal.wished,
+    )  # fmt: skip
+
+
+def _network_shared(row: int, c: _Context) -> bool:
+    """Whether every eligible mentor of the row is unconnected to it in the tandem graph
+    (then "no common link yet" is true of all of them)."""
+    part = c.component.get(c.newcomers[row].id)
+    return part is None or not bool((c.feasible[row] & (c.mentor_component == part)).any())
+
+
+def _others(row: int, j: int, proposal: PlannedProposal, c: _Context) -> Iterator[list[str]]:
+    """The sentences of the row's other eligible mentors: the alternatives first (already
+    scored), then the rest in chunks, up to ``SHARED_CHECK_LIMIT`` in all."""
+    newcomer = c.newcomers[row]
+    done = {j}
+    for alternative in proposal.alternatives:
+        k = c.column[alternative.mentor_id]
+        done.add(k)
+        yield explain_pair(newcomer, c.mentors[k], alternative.breakdown, c.weights)
+    rest = [k for k in np.flatnonzero(c.feasible[row]).tolist() if k not in done]
+    rest = rest[: max(0, SHARED_CHECK_LIMIT - len(done))]
+    for start in range(0, len(rest), 32):
+        cols = np.array(rest[start : start + 32], dtype=np.int_)
+        parts = c.scores.breakdowns(np.full(cols.size, row, dtype=np.int_), cols)
+        for k, breakdown in zip(cols.tolist(), _breakdown_dicts(parts), strict=True):
+            yield explain_pair(newcomer, c.mentors[k], breakdown, c.weights)
+
+
+def _wish_sentences(row: int, proposal: PlannedProposal, c: _Context) -> list[str]:
+    """Why the newcomer's wishes are not the proposal (none when one of them is)."""
+    newcomer = c.newcomers[row]
+    if proposal.wished or proposal.mentor_id in newcomer.wishes:
+        return []
+    said = []
+    for wished in newcomer.wishes:
+        member = c.members.get(wished)
+        name = member.name if member else wished
+        k = c.column.get(wished)
+        if member is None or not member.active:
+            said.append(wish_not_possible(name, "inactive"))
+        elif member.joined.year >= newcomer.joined.year or wished == newcomer.id:
+            said.append(wish_not_possible(name, "too_new"))
+        elif (newcomer.id, wished) in c.excluded:
+            said.append(wish_not_possible(name, "excluded"))
+        elif k is None:
+            said.append(wish_not_possible(name, "no_capacity"))
+        else:
+            holders = [c.newcomers[i].name for i in np.flatnonzero(c.chosen == k).tolist()]
+            if holders:
+                said.append(wish_taken(name, holders))
+            else:
+                said.append(wish_not_possible(name, "no_capacity"))
+    return said
+
+
+def _why_not(
+    row: int, proposal: PlannedProposal, alternative: Alternative, c: _Context
+) -> Alternative:
+    k = c.column[alternative.mentor_id]
+    holders = [i for i in np.flatnonzero(c.chosen == k).tolist() if i != row]
+    rival = None
+    taken_by = None
+    if holders:
+        r = holders[0]
+        taken_by = c.newcomers[r].id
+        j = int(c.chosen[row])
+        rival_score = float(c.scores.cells(np.array([r]), np.array([k]))[0])
+        swap = float(c.scores.cells(np.array([r]), np.array([j]))[0]) if c.feasible[r, j] else None
+        rival = Rival(
+            name=c.newcomers[r].name, score=rival_score, swap=swap,
+            full=len(holders) >= int(c.capacity[k]),
+            fixed=alternative.mentor_id in c.newcomers[r].wishes,
+        )  # fmt: skip
+    sentence = why_not(
+        proposal.score, proposal.breakdown, alternative.score, alternative.breakdown, rival,
+        c.weights, wished=proposal.wished, pinned=proposal.pinned,
+        incumbent=bool(c.incumbent[row] == c.chosen[row]),
+    )  # fmt: skip
+    return Alternative(
+        alternative.mentor_id, alternative.score, alternative.breakdown, sentence, taken_by
+    )
 
 
 # --- from plan to proposal changes ---------------------------------------------------------

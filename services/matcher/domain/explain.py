@@ -103,7 +103,7 @@ CATALOGUE: tuple[tuple[str, str], ...] = (
      "joined in the same year or later, rejected or excluded, no free capacity)"),
     ("Wunsch {Name} ging im gemeinsamen Plan an {Anderes}",
      "a wished member is eligible but its capacity went to other newcomers that wished it too "
-     "(the joint score decided)"),
+     "(the joint score decided) or are pinned to it"),
 )  # fmt: skip
 #: Appended to a sentence whose numbers rest on a value marked as estimated in the data.
 ESTIMATE_SUFFIX = " (geschätzt: {Felder})"

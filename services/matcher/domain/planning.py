@@ -428,6 +428,8 @@ def _explained(proposal: PlannedProposal, c: _Context) -> PlannedProposal:
 def _network_shared(row: int, c: _Context) -> bool:
     """Whether every eligible mentor of the row is unconnected to it in the tandem graph
     (then "no common link yet" is true of all of them)."""
+    if np.count_nonzero(c.feasible[row]) < 2:
+        return False  # with a single eligible mentor nothing is left out
     part = c.component.get(c.newcomers[row].id)
     return part is None or not bool((c.feasible[row] & (c.mentor_component == part)).any())
 

@@ -436,6 +436,7 @@ def _member(row: dict[str, str | None], where: str, newcomer_year: int | None) -
                 "contact": contact,
                 "partners": partners,
                 "exception_reason": exception_reason,
+                "estimated": [f for f in ESTIMATED_FIELDS if f in estimated],
             }
         )
     except ValidationError as exc:

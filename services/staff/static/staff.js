@@ -6,15 +6,46 @@
   const status = document.getElementById("status");
   if (!main) return;
 
-  function say(text, bad) {
-    status.textContent = text;
-    status.className = bad ? "status error" : "status";
+  const adviceStatus = document.getElementById("advice-status");
+  const cities = document.getElementById("advice-city");
+  const timers = new Map();
+
+  // A message where the action happened; it fades after a while so none stays stale.
+  function show(where, text, bad, base) {
+    where.textContent = text;
+    where.className = base + (bad ? " error" : "");
+    clearTimeout(timers.get(where));
+    if (text && !bad) timers.set(where, setTimeout(function () { where.textContent = ""; }, 8000));
+  }
+  function say(text, bad) { show(status, text, bad, "status"); }
+
+  function proposals() {
+    const found = new Map();
+    main.querySelectorAll("article.proposal").forEach(function (card) {
+      found.set(card.dataset.newcomer, card.dataset.proposal);
+    });
+    return found;
+  }
+
+  function name(newcomer) {
+    const card = main.querySelector('article[data-newcomer="' + newcomer + '"] .newcomer .name');
+    return card ? card.textContent : newcomer;
+  }
+
+  async function refreshCities() {
+    if (!cities) return;
+    const response = await fetch("/ui/fragments/cities", { credentials: "same-origin" });
+    if (!response.ok) return;
+    const chosen = cities.value;
+    cities.innerHTML = await response.text();
+    if (chosen) cities.value = chosen;
   }
 
   async function refresh() {
     const response = await fetch("/ui/fragments/main", { credentials: "same-origin" });
     if (response.status === 401) { window.location.reload(); return; }
     if (response.ok) main.innerHTML = await response.text();
+    await refreshCities();
   }
 
   async function poll() {
@@ -32,7 +63,7 @@
     } catch (error) { say("Verbindung unterbrochen – neuer Versuch …", true); }
   }
 
-  async function send(form) {
+  async function send(form, report) {
     const response = await fetch(form.action, {
       method: "POST", body: new FormData(form), credentials: "same-origin",
       headers: { "X-Requested-With": "fetch" },
@@ -40,7 +71,7 @@
     if (!response.ok) {
       let detail = response.statusText;
       try { detail = (await response.json()).detail; } catch (e) { /* plain text */ }
-      say(typeof detail === "string" ? detail : JSON.stringify(detail), true);
+      report(typeof detail === "string" ? detail : JSON.stringify(detail), true);
       return null;
     }
     return response;
@@ -50,13 +81,38 @@
     const form = event.target;
     if (form.matches("form[data-async]")) {
       event.preventDefault();
-      if (await send(form)) { say("Gespeichert."); await refresh(); }
+      say("");
+      const card = form.closest("article.proposal");
+      const decided = card ? card.dataset.newcomer : null;
+      const before = proposals();
+      if (await send(form, say)) {
+        await refresh();
+        // Which other pending proposals did the decision change? The cards say why.
+        const after = proposals();
+        const changed = [];
+        before.forEach(function (id, newcomer) {
+          if (newcomer !== decided && after.get(newcomer) !== id) changed.push(newcomer);
+        });
+        after.forEach(function (id, newcomer) {
+          if (newcomer !== decided && !before.has(newcomer)) changed.push(newcomer);
+        });
+        say(changed.length
+          ? "Gespeichert. Dadurch geändert: Vorschlag für " + changed.map(name).join(", ") +
+            " (der Grund steht am Vorschlag)."
+          : "Gespeichert.");
+      }
     } else if (form.id === "advice-form") {
       event.preventDefault();
-      const response = await send(form);
-      if (response) document.getElementById("advice-answer").innerHTML = await response.text();
+      const local = function (text, bad) { show(adviceStatus, text, bad, "status-inline"); };
+      local("Wird gesucht …");
+      const response = await send(form, local);
+      if (response) {
+        document.getElementById("advice-answer").innerHTML = await response.text();
+        local("");
+      }
     }
   });
 
+  if (cities) cities.addEventListener("focus", refreshCities);
   setInterval(poll, 2000);
 })();

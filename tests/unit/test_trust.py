@@ -337,3 +337,19 @@ def test_an_ineligible_wish_is_explained() -> None:
     assert "Wunsch Full nicht möglich: keine freie Kapazität" in proposal.reasons
     assert "Wunsch Young nicht möglich: im selben Jahr oder später beigetreten" in proposal.reasons
     assert "Wunsch Gone nicht möglich: kein aktives Mitglied" in proposal.reasons
+
+
+def test_shared_is_decided_against_every_eligible_mentor_not_only_the_alternatives() -> None:
+    # Forty mentors in Baden-Württemberg without coordinates: "gleiches Bundesland" is true of
+    # all of them and is left out; with one in Bavaria (not among the alternatives, since it
+    # scores lowest) it distinguishes and stays.
+    same = [city(f"m{j:02}", population=50_000 + 1_000 * j) for j in range(40)]
+    n = city("n", joined=2024, seeks=True)
+    proposal = solve([n, *same]).proposal_for("n")
+    assert proposal is not None
+    assert "gleiches Bundesland (Baden-Württemberg)" not in proposal.reasons
+    other = city("zz", state="DE-BY", population=400_000)
+    proposal = solve([n, *same, other]).proposal_for("n")
+    assert proposal is not None
+    assert "zz" not in [a.mentor_id for a in proposal.alternatives]
+    assert "gleiches Bundesland (Baden-Württemberg)" in proposal.reasons

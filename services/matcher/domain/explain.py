@@ -4,8 +4,8 @@ Every sentence the matcher can say is listed in ``CATALOGUE`` with its exact con
 same list is in ``docs/matching.md`` and a test keeps both equal. Per pair (``pair_reasons``):
 one statement per criterion (strongest contribution first), and every criterion scoring below
 ``WEAK`` named as a weak point ("Schwachpunkt ..."), costliest first. Per proposal
-(``distinguishing``): a statement that every other eligible mentor of the newcomer would get
-word for word tells staff nothing and is left out. ``why_not`` says in one sentence why an
+(planning, with ``statements``): a statement that every other eligible mentor of the newcomer
+would get word for word tells staff nothing and is left out. ``why_not`` says in one sentence why an
 alternative is not the proposal.
 """
 
@@ -209,20 +209,25 @@ def pair_reasons(
     return found
 
 
-def distinguishing(reasons: Sequence[Reason], others: Iterable[Sequence[str]]) -> list[str]:
-    """The sentences of a proposal worth showing: statements that every other eligible mentor
-    (``others``: each one's sentences, consumed only as far as needed) would get word for word
-    are left out; weak points and wishes always stay. Without another eligible mentor nothing
-    is left out."""
-    undecided = {r.text for r in reasons if r.kind == "reason"}
-    seen_any = False
-    for sentences in others:
-        seen_any = True
-        undecided &= set(sentences)
-        if not undecided:
-            break
-    shared = undecided if seen_any else set()
-    return [r.text for r in reasons if r.text not in shared]
+def statements(
+    newcomer: Member,
+    mentor: Member,
+    breakdown: Mapping[str, float],
+    weights: Weights,
+    criteria: Iterable[str],
+) -> set[str]:
+    """The statements (not weak points) ``pair_reasons`` would make about ``criteria`` only:
+    what another mentor is compared on when deciding whether a statement distinguishes."""
+    share = _shares(weights)
+    said: set[str] = set()
+    for name in criteria:
+        if share.get(name, 0.0) <= 0 or name not in breakdown or name not in _EXPLAINERS:
+            continue
+        estimated = _estimated(name, newcomer, mentor)
+        for text, weak in _EXPLAINERS[name](newcomer, mentor, breakdown[name]):
+            if not weak:
+                said.add(text + ESTIMATE_SUFFIX.format(Felder=estimated) if estimated else text)
+    return said
 
 
 @lru_cache(maxsize=64)
@@ -236,6 +241,8 @@ def _labels(topics: frozenset[str]) -> str:
 
 
 def _estimated(criterion: str, newcomer: Member, mentor: Member) -> str:
+    if not newcomer.estimated and not mentor.estimated:
+        return ""
     fields = _ESTIMATE_FIELDS.get(criterion, ())
     marked = [
         ESTIMATED_DE[f]

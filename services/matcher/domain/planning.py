@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
@@ -22,10 +22,10 @@ from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import FIRST_CANDIDATES, solve_assignment
 from services.matcher.domain.explain import (
+    Reason,
     Rival,
-    distinguishing,
-    explain_pair,
     pair_reasons,
+    statements,
     why_not,
     wish_not_possible,
     wish_taken,
@@ -214,7 +214,7 @@ def plan_tandems(
                 mentor_id=mentor.id,
                 score=score,
                 breakdown=breakdown,
-                reasons=explain_pair(newcomer, mentor, breakdown, weights),
+                reasons=[],  # explained below, once the whole plan is known
                 alternatives=tuple(
                     Alternative(mentors[k].id, value, parts_of)
                     for k, value, parts_of in islice(cells, alternatives)
@@ -232,7 +232,7 @@ def plan_tandems(
         np.array([component.get(x.id, -1) for x in mentors], dtype=np.int_),
         {x.id: i for i, x in enumerate(newcomers)},
     )  # fmt: skip
-    proposals = [_explained(p, context) for p in proposals]
+    proposals = _explain_all(proposals, context)
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
 
 
@@ -406,50 +406,165 @@ class _Context:
     row: Mapping[str, int]
 
 
-def _explained(proposal: PlannedProposal, c: _Context) -> PlannedProposal:
-    """The proposal with its distinguishing reasons, wish sentences and why-not per
-    alternative (all computed from the finished plan)."""
-    row = c.row[proposal.newcomer_id]
-    newcomer, j = c.newcomers[row], int(c.chosen[row])
-    reasons = pair_reasons(newcomer, c.mentors[j], proposal.breakdown, c.weights, proposal.wished)
-    shown = distinguishing(
-        [r for r in reasons if not (r.criterion == "network" and _network_shared(row, c))],
-        _others(row, j, proposal, c),
-    )
-    shown += _wish_sentences(row, proposal, c)
-    alternatives = tuple(_why_not(row, proposal, a, c) for a in proposal.alternatives)
-    return PlannedProposal(
-        newcomer_id=proposal.newcomer_id, mentor_id=proposal.mentor_id, score=proposal.score,
-        breakdown=proposal.breakdown, reasons=shown, alternatives=alternatives,
-        pinned=proposal.pinned, wished=proposal.wished,
-    )  # fmt: skip
+def _explain_all(proposals: list[PlannedProposal], c: _Context) -> list[PlannedProposal]:
+    """The proposals with their distinguishing reasons, wish sentences and why-not per
+    alternative, all computed from the finished plan (batched: a few vectorised score calls
+    for all proposals together)."""
+    rows = [c.row[p.newcomer_id] for p in proposals]
+    reasons = [
+        pair_reasons(c.newcomers[i], c.mentors[int(c.chosen[i])], p.breakdown, c.weights, p.wished)
+        for i, p in zip(rows, proposals, strict=True)
+    ]
+    shared = _shared_statements(rows, proposals, reasons, c)
+    why = _why_nots(rows, proposals, c)
+    result = []
+    for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
+        shown = [r.text for r in reasons[k] if r.text not in shared[k]]
+        result.append(
+            PlannedProposal(
+                newcomer_id=p.newcomer_id,
+                mentor_id=p.mentor_id,
+                score=p.score,
+                breakdown=p.breakdown,
+                reasons=shown + _wish_sentences(i, p, c),
+                alternatives=why[k],
+                pinned=p.pinned,
+                wished=p.wished,
+            )
+        )
+    return result
+
+
+def _shared_statements(
+    rows: list[int],
+    proposals: list[PlannedProposal],
+    reasons: list[list[Reason]],
+    c: _Context,
+) -> list[set[str]]:
+    """Per proposal, its statements that every other eligible mentor of the newcomer would get
+    word for word (none when it has no other eligible mentor). Checked against the alternatives
+    first (already scored), then against the other eligible mentors in chunks, only for rows
+    with statements still undecided, up to ``SHARED_CHECK_LIMIT`` mentors per row."""
+    eligible = c.feasible[rows].sum(axis=1) if rows else np.zeros(0, dtype=np.int_)
+    undecided: list[dict[str, set[str]]] = []
+    shared: list[set[str]] = []
+    for k, (i, found) in enumerate(zip(rows, reasons, strict=True)):
+        by_criterion: dict[str, set[str]] = {}
+        known: set[str] = set()
+        for r in found:
+            if r.kind != "reason" or eligible[k] < 2:
+                continue
+            if r.criterion == "network" and _network_shared(i, c):
+                known.add(r.text)  # the newcomer is linked to none of its eligible mentors
+            else:
+                by_criterion.setdefault(r.criterion, set()).add(r.text)
+        undecided.append(by_criterion)
+        shared.append(known)
+
+    def narrow(k: int, mentor: Member, breakdown: Mapping[str, float]) -> None:
+        said = statements(c.newcomers[rows[k]], mentor, breakdown, c.weights, undecided[k])
+        for criterion in list(undecided[k]):
+            undecided[k][criterion] &= said
+            if not undecided[k][criterion]:
+                del undecided[k][criterion]
+
+    for k, proposal in enumerate(proposals):
+        for alternative in proposal.alternatives:
+            if not undecided[k]:
+                break
+            narrow(k, c.mentors[c.column[alternative.mentor_id]], alternative.breakdown)
+    # The rest, in rounds of a few mentors per row still undecided.
+    done = {
+        k: [int(c.chosen[rows[k]]), *(c.column[a.mentor_id] for a in p.alternatives)]
+        for k, p in enumerate(proposals)
+    }
+    start = dict.fromkeys(range(len(rows)), 0)
+    step = 32
+    while True:
+        open_rows = [k for k in range(len(rows)) if undecided[k] and start[k] < SHARED_CHECK_LIMIT]
+        if not open_rows:
+            break
+        cell_rows, cell_cols, owners = [], [], []
+        for k in open_rows:
+            usable = c.feasible[rows[k]].copy()
+            usable[done[k]] = False
+            columns = np.flatnonzero(usable)[start[k] : start[k] + step]
+            start[k] = start[k] + step if columns.size == step else SHARED_CHECK_LIMIT
+            cell_rows.append(np.full(columns.size, rows[k], dtype=np.int_))
+            cell_cols.append(columns)
+            owners += [k] * columns.size
+        if not owners:
+            continue
+        all_cols = np.concatenate(cell_cols)
+        parts = c.scores.breakdowns(np.concatenate(cell_rows), all_cols)
+        for k, j, breakdown in zip(owners, all_cols.tolist(), _breakdown_dicts(parts), strict=True):
+            if undecided[k]:
+                narrow(k, c.mentors[j], breakdown)
+    for k in range(len(rows)):
+        if start[k] >= SHARED_CHECK_LIMIT and undecided[k] and not _checked_all(k, rows, done, c):
+            continue  # not every eligible mentor was looked at: keep the statements
+        for texts in undecided[k].values():
+            shared[k] |= texts
+    return shared
+
+
+def _checked_all(k: int, rows: list[int], done: Mapping[int, list[int]], c: _Context) -> bool:
+    others = int(c.feasible[rows[k]].sum()) - len(done[k])
+    return others <= SHARED_CHECK_LIMIT
 
 
 def _network_shared(row: int, c: _Context) -> bool:
     """Whether every eligible mentor of the row is unconnected to it in the tandem graph
     (then "no common link yet" is true of all of them)."""
-    if np.count_nonzero(c.feasible[row]) < 2:
-        return False  # with a single eligible mentor nothing is left out
     part = c.component.get(c.newcomers[row].id)
     return part is None or not bool((c.feasible[row] & (c.mentor_component == part)).any())
 
 
-def _others(row: int, j: int, proposal: PlannedProposal, c: _Context) -> Iterator[list[str]]:
-    """The sentences of the row's other eligible mentors: the alternatives first (already
-    scored), then the rest in chunks, up to ``SHARED_CHECK_LIMIT`` in all."""
-    newcomer = c.newcomers[row]
-    done = {j}
-    for alternative in proposal.alternatives:
-        k = c.column[alternative.mentor_id]
-        done.add(k)
-        yield explain_pair(newcomer, c.mentors[k], alternative.breakdown, c.weights)
-    rest = [k for k in np.flatnonzero(c.feasible[row]).tolist() if k not in done]
-    rest = rest[: max(0, SHARED_CHECK_LIMIT - len(done))]
-    for start in range(0, len(rest), 32):
-        cols = np.array(rest[start : start + 32], dtype=np.int_)
-        parts = c.scores.breakdowns(np.full(cols.size, row, dtype=np.int_), cols)
-        for k, breakdown in zip(cols.tolist(), _breakdown_dicts(parts), strict=True):
-            yield explain_pair(newcomer, c.mentors[k], breakdown, c.weights)
+def _why_nots(
+    rows: list[int], proposals: list[PlannedProposal], c: _Context
+) -> list[tuple[Alternative, ...]]:
+    """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``);
+    the rivals' scores come from two vectorised calls."""
+    m = len(c.mentors)
+    holders = np.bincount(c.chosen[c.chosen >= 0], minlength=m)
+    first = np.full(m, -1, dtype=np.int_)
+    planned = np.flatnonzero(c.chosen >= 0)
+    # newcomers are ordered by id: the first holder of a mentor is the smallest row.
+    first[c.chosen[planned[::-1]]] = planned[::-1]
+    cells = [
+        (k, n, c.column[a.mentor_id])
+        for k, p in enumerate(proposals)
+        for n, a in enumerate(p.alternatives)
+        if holders[c.column[a.mentor_id]] > 0
+    ]
+    rival_rows = np.array([first[col] for _, _, col in cells], dtype=np.int_)
+    rival_cols = np.array([col for _, _, col in cells], dtype=np.int_)
+    own_cols = np.array([int(c.chosen[rows[k]]) for k, _, _ in cells], dtype=np.int_)
+    rival_scores = c.scores.cells(rival_rows, rival_cols).tolist() if cells else []
+    swappable = c.feasible[rival_rows, own_cols] if cells else np.zeros(0, dtype=np.bool_)
+    swaps = c.scores.cells(rival_rows, own_cols).tolist() if cells else []
+    rivals: dict[tuple[int, int], Rival] = {}
+    for index, (k, n, col) in enumerate(cells):
+        r = int(rival_rows[index])
+        rivals[(k, n)] = Rival(
+            name=c.newcomers[r].name, score=rival_scores[index],
+            swap=swaps[index] if swappable[index] else None,
+            full=int(holders[col]) >= int(c.capacity[col]),
+            fixed=c.mentors[col].id in c.newcomers[r].wishes,
+        )  # fmt: skip
+    result = []
+    for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
+        listed = []
+        for n, a in enumerate(p.alternatives):
+            rival = rivals.get((k, n))
+            sentence = why_not(
+                p.score, p.breakdown, a.score, a.breakdown, rival, c.weights,
+                wished=p.wished, pinned=p.pinned, incumbent=bool(c.incumbent[i] == c.chosen[i]),
+            )  # fmt: skip
+            taken_by = c.newcomers[int(first[c.column[a.mentor_id]])].id if rival else None
+            listed.append(Alternative(a.mentor_id, a.score, a.breakdown, sentence, taken_by))
+        result.append(tuple(listed))
+    return result
 
 
 def _wish_sentences(row: int, proposal: PlannedProposal, c: _Context) -> list[str]:
@@ -477,34 +592,6 @@ def _wish_sentences(row: int, proposal: PlannedProposal, c: _Context) -> list[st
             else:
                 said.append(wish_not_possible(name, "no_capacity"))
     return said
-
-
-def _why_not(
-    row: int, proposal: PlannedProposal, alternative: Alternative, c: _Context
-) -> Alternative:
-    k = c.column[alternative.mentor_id]
-    holders = [i for i in np.flatnonzero(c.chosen == k).tolist() if i != row]
-    rival = None
-    taken_by = None
-    if holders:
-        r = holders[0]
-        taken_by = c.newcomers[r].id
-        j = int(c.chosen[row])
-        rival_score = float(c.scores.cells(np.array([r]), np.array([k]))[0])
-        swap = float(c.scores.cells(np.array([r]), np.array([j]))[0]) if c.feasible[r, j] else None
-        rival = Rival(
-            name=c.newcomers[r].name, score=rival_score, swap=swap,
-            full=len(holders) >= int(c.capacity[k]),
-            fixed=alternative.mentor_id in c.newcomers[r].wishes,
-        )  # fmt: skip
-    sentence = why_not(
-        proposal.score, proposal.breakdown, alternative.score, alternative.breakdown, rival,
-        c.weights, wished=proposal.wished, pinned=proposal.pinned,
-        incumbent=bool(c.incumbent[row] == c.chosen[row]),
-    )  # fmt: skip
-    return Alternative(
-        alternative.mentor_id, alternative.score, alternative.breakdown, sentence, taken_by
-    )
 
 
 # --- from plan to proposal changes ---------------------------------------------------------

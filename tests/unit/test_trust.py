@@ -24,7 +24,7 @@ from services.matcher.domain.explain import (
 )
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, plan_tandems
-from services.matcher.domain.scoring import DEFAULT_WEIGHTS, score_pair
+from services.matcher.domain.scoring import DEFAULT_WEIGHTS, Weights, score_pair
 
 TODAY = dt.date(2024, 10, 1)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "matching.md"
@@ -353,3 +353,22 @@ def test_shared_is_decided_against_every_eligible_mentor_not_only_the_alternativ
     assert proposal is not None
     assert "zz" not in [a.mentor_id for a in proposal.alternatives]
     assert "gleiches Bundesland (Baden-Württemberg)" in proposal.reasons
+
+
+def test_at_an_exact_tie_the_closer_mentor_is_proposed() -> None:
+    # Geography weighs nothing here, so both mentors score exactly the same; the tie goes to
+    # the closer one, although "a-illingen" comes first by id.
+    weights = Weights.parse("geography=0")
+    members = [
+        city("ratzeburg", joined=2024, seeks=True, at=PLACES["ratzeburg"]),
+        city("a-illingen", at=PLACES["illingen"]),
+        city("b-lilienthal", at=PLACES["lilienthal"]),
+    ]
+    result = plan_tandems(members, [], {}, set(), set(), {}, weights, TODAY)
+    proposal = result.proposal_for("ratzeburg")
+    assert proposal is not None and proposal.mentor_id == "b-lilienthal"
+    assert proposal.alternatives[0].score == proposal.score
+    assert "nähere Tandem-Stadt" in proposal.alternatives[0].why_not
+    # A kept proposal is not moved for a closer tie.
+    kept = plan_tandems(members, [], {"ratzeburg": "a-illingen"}, set(), set(), {}, weights, TODAY)
+    assert kept.proposal_for("ratzeburg").mentor_id == "a-illingen"  # type: ignore[union-attr]

@@ -444,4 +444,6 @@ def why_not(
         return (
             "Gleich gut bewertet; der bestehende Vorschlag bleibt (kein Wechsel bei Gleichstand)."
         )
+    if proposal_breakdown.get("geography", 0.0) > alternative_breakdown.get("geography", 0.0):
+        return "Gleich gut bewertet; bei Gleichstand geht die nähere Tandem-Stadt vor."
     return "Gleich gut bewertet; bei Gleichstand entscheidet die feste Reihenfolge der Kennungen."

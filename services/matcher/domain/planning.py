@@ -180,6 +180,7 @@ def plan_tandems(
     )
     wish_pins = _wish_pins(newcomers, column, capacity, feasible, pins, incumbent, scores)
     chosen = solve_assignment(scores, capacity, feasible, incumbent, wish_pins, scores.shortlist)
+    chosen = _prefer_closer(chosen, scores, capacity, incumbent, wish_pins)
 
     unmatched: dict[str, str] = {}
     years = np.sort([x.joined.year for x in active])
@@ -378,6 +379,46 @@ def _wish_pins(
     )  # fmt: skip
     result = pins.copy()
     result[rows[granted >= 0]] = granted[granted >= 0]
+    return result
+
+
+def _prefer_closer(
+    chosen: NDArray[np.int_],
+    scores: ScoreMatrix,
+    capacity: NDArray[np.int_],
+    incumbent: NDArray[np.int_],
+    fixed: NDArray[np.int_],
+) -> NDArray[np.int_]:
+    """Among exactly tied mentors, the closer one: a planned newcomer whose listed mentor with
+    free capacity scores exactly the same as its own but is closer (higher geography score)
+    moves there. The total stays the same, so the plan stays optimal; kept proposals, pins and
+    wishes do not move. Tandem partners visit each other: at a tie, distance decides."""
+    if scores.shortlist.size == 0:
+        return chosen
+    rows = np.flatnonzero((chosen >= 0) & (fixed < 0) & (incumbent != chosen))
+    if rows.size == 0:
+        return chosen
+    listed = scores.shortlist[rows]
+    own = scores.cells(rows, chosen[rows])
+    tied = (listed >= 0) & (listed != chosen[rows][:, None])
+    tied &= np.abs(np.nan_to_num(scores.shortlist_scores[rows], nan=-1.0) - own[:, None]) <= 1e-12
+    candidates = np.flatnonzero(tied.any(axis=1))
+    if candidates.size == 0:
+        return chosen
+    result = chosen.copy()
+    load = np.bincount(result[result >= 0], minlength=capacity.size)
+    for index in candidates.tolist():
+        row = int(rows[index])
+        options = listed[index][tied[index]]
+        cols = np.concatenate([[result[row]], options]).astype(np.int_)
+        near = scores.breakdowns(np.full(cols.size, row, dtype=np.int_), cols)["geography"]
+        for k in np.argsort(-near[1:], kind="stable").tolist():
+            j = int(options[k])
+            if near[1 + k] > near[0] + 1e-12 and load[j] < capacity[j]:
+                load[result[row]] -= 1
+                load[j] += 1
+                result[row] = j
+                break
     return result
 
 

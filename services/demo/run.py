@@ -99,6 +99,29 @@ class Staff:
             raise DemoFailed(f"POST {path} fehlgeschlagen: {response.status_code} {response.text}")
         return response.json()
 
+    async def accept_current(self, newcomer_id: str, started_on: str) -> int:
+        """Accept the newcomer's pending proposal; 1 if done, 0 if it has none (any more).
+
+        The matcher may still be re-planning after the previous acceptance: a proposal read a
+        moment ago can be superseded by now (409), so the current one is read again."""
+        for _ in range(20):
+            found = await self.get(
+                "/api/proposals", status="pending", newcomer_id=newcomer_id, limit=1
+            )
+            if not found["items"]:
+                return 0
+            path = f"/api/proposals/{found['items'][0]['proposal_id']}/accept"
+            body = {"reason": "Demo: angenommen", "started_on": started_on}
+            response = await self.client.post(path, json=body, headers=self.staff)
+            if response.status_code == 200:
+                return 1
+            if response.status_code != 409:
+                raise DemoFailed(
+                    f"POST {path} fehlgeschlagen: {response.status_code} {response.text}"
+                )
+            await asyncio.sleep(0.1)
+        raise DemoFailed(f"kein annehmbarer Vorschlag für {newcomer_id}")
+
     async def wait_for(self, what: str, check: Any) -> Any:
         """Poll ``check()`` until it returns something truthy, or fail after the timeout."""
         deadline = time.monotonic() + self.timeout
@@ -150,14 +173,12 @@ async def replay(
             if interactive:
                 await decide_by_hand(staff, joining, answers["proposals"])
             return joining, answers
-        for proposal in answers["proposals"].values():
-            await staff.post(
-                f"/api/proposals/{proposal['proposal_id']}/accept",
-                {"reason": "Demo: angenommen", "started_on": f"{year}-03-01"},
-            )
+        accepted = 0
+        for newcomer_id in sorted(answers["proposals"]):
+            accepted += await staff.accept_current(newcomer_id, f"{year}-03-01")
         err.print(
-            f"{year}: {len(joining)} neue Mitglieder, {len(answers['proposals'])} Tandems "
-            f"angenommen, {len(answers['unmatched'])} ohne Vorschlag"
+            f"{year}: {len(joining)} neue Mitglieder, {accepted} Tandems angenommen, "
+            f"{len(joining) - accepted} ohne Tandem"
         )
     raise DemoFailed(f"im Jahr {cohort} ist niemand beigetreten")
 

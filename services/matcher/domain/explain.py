@@ -145,6 +145,14 @@ def german_number(value: int) -> str:
     return f"{value:,}".replace(",", ".")
 
 
+def _points(value: float) -> str:
+    """A score difference with as many places as it takes not to read 0 (at most six)."""
+    places = 2
+    while places < 6 and round(value, places) == 0:
+        places += 1
+    return german_decimal(value, places)
+
+
 def german_decimal(value: float, places: int = 2) -> str:
     """``0.8`` -> ``"0,80"``."""
     return f"{value:.{places}f}".replace(".", ",")
@@ -412,7 +420,7 @@ def why_not(
             for name in CRITERIA
         }
         worst = max(loss, key=lambda name: loss[name])
-        sentence = f"{german_decimal(gap)} Punkte weniger"
+        sentence = f"{_points(gap)} Punkte weniger"
         if loss[worst] > 0:
             sentence += f", vor allem bei {CRITERIA_DE.get(worst, worst)}"
         if rival is not None and rival.full:
@@ -431,15 +439,20 @@ def why_not(
             return sentence + f"; {rival.name} hat sie sich gewünscht."
         if rival.swap is None:
             return sentence + f"; {rival.name} darf die vorgeschlagene Tandem-Stadt nicht bekommen."
-        swapped = alternative_score + rival.swap
-        kept = proposal_score + rival.score
+        # Shown rounded to two places, and the gain is the difference of what is shown, so the
+        # sentence adds up for the reader.
+        swapped = round(alternative_score + rival.swap, 2)
+        kept = round(proposal_score + rival.score, 2)
         gain = kept - swapped
-        if gain > 1e-9:
+        if gain > 0.005:
             return (
                 sentence + f"; ein Tausch ergäbe zusammen {german_decimal(swapped)} statt "
                 f"{german_decimal(kept)} (der Plan gewinnt {german_decimal(gain)})."
             )
-        return sentence + "; ein Tausch wäre gleich gut, der Plan bleibt stabil."
+        return (
+            sentence + f"; ein Tausch ergäbe zusammen etwa gleich viel ({german_decimal(kept)}), "
+            "der Plan bleibt, wie er ist."
+        )
     if incumbent:
         return (
             "Gleich gut bewertet; der bestehende Vorschlag bleibt (kein Wechsel bei Gleichstand)."

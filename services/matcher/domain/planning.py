@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
@@ -32,7 +32,17 @@ from services.matcher.domain.explain import (
 )
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
-from services.matcher.domain.scoring import CRITERIA, ScoreMatrix, Weights, score_matrix
+from services.matcher.domain.scoring import (
+    CRITERIA,
+    ScoreMatrix,
+    Weights,
+    experience_score,
+    geography_score,
+    network_score,
+    population_score,
+    score_matrix,
+    topic_score,
+)
 
 #: How many alternatives a proposal lists.
 ALTERNATIVES = 3
@@ -231,7 +241,7 @@ def plan_tandems(
         newcomers, mentors, column, capacity, feasible, chosen, scores, weights, graph,
         {x.id: x for x in members}, rejected | forbidden, incumbent, component,
         np.array([component.get(x.id, -1) for x in mentors], dtype=np.int_),
-        {x.id: i for i, x in enumerate(newcomers)},
+        {x.id: i for i, x in enumerate(newcomers)}, today,
     )  # fmt: skip
     proposals = _explain_all(proposals, context)
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
@@ -445,6 +455,7 @@ class _Context:
     component: Mapping[str, int]
     mentor_component: NDArray[np.int_]
     row: Mapping[str, int]
+    today: dt.date
 
 
 def _explain_all(proposals: list[PlannedProposal], c: _Context) -> list[PlannedProposal]:
@@ -514,44 +525,38 @@ def _shared_statements(
             if not undecided[k]:
                 break
             narrow(k, c.mentors[c.column[alternative.mentor_id]], alternative.breakdown)
-    # The rest, in rounds of a few mentors per row still undecided.
-    done = {
-        k: [int(c.chosen[rows[k]]), *(c.column[a.mentor_id] for a in p.alternatives)]
-        for k, p in enumerate(proposals)
-    }
-    start = dict.fromkeys(range(len(rows)), 0)
-    step = 32
-    while True:
-        open_rows = [k for k in range(len(rows)) if undecided[k] and start[k] < SHARED_CHECK_LIMIT]
-        if not open_rows:
-            break
-        cell_rows, cell_cols, owners = [], [], []
-        for k in open_rows:
-            usable = c.feasible[rows[k]].copy()
-            usable[done[k]] = False
-            columns = np.flatnonzero(usable)[start[k] : start[k] + step]
-            start[k] = start[k] + step if columns.size == step else SHARED_CHECK_LIMIT
-            cell_rows.append(np.full(columns.size, rows[k], dtype=np.int_))
-            cell_cols.append(columns)
-            owners += [k] * columns.size
-        if not owners:
+    # The other eligible mentors, one at a time and only the criteria still undecided (with
+    # the plain one-pair formulas, which equal the matrix to 1e-12), stopping as soon as every
+    # statement of the row is told apart.
+    for k, proposal in enumerate(proposals):
+        if not undecided[k]:
             continue
-        all_cols = np.concatenate(cell_cols)
-        parts = c.scores.breakdowns(np.concatenate(cell_rows), all_cols)
-        for k, j, breakdown in zip(owners, all_cols.tolist(), _breakdown_dicts(parts), strict=True):
-            if undecided[k]:
-                narrow(k, c.mentors[j], breakdown)
+        row = rows[k]
+        usable = c.feasible[row].copy()
+        usable[int(c.chosen[row])] = False
+        usable[[c.column[a.mentor_id] for a in proposal.alternatives]] = False
+        others = np.flatnonzero(usable)
+        newcomer = c.newcomers[row]
+        for j in others[:SHARED_CHECK_LIMIT].tolist():
+            mentor = c.mentors[j]
+            narrow(k, mentor, {name: _ONE_PAIR[name](newcomer, mentor, c) for name in undecided[k]})
+            if not undecided[k]:
+                break
+        if others.size > SHARED_CHECK_LIMIT:
+            undecided[k] = {}  # not every eligible mentor was looked at: keep the statements
     for k in range(len(rows)):
-        if start[k] >= SHARED_CHECK_LIMIT and undecided[k] and not _checked_all(k, rows, done, c):
-            continue  # not every eligible mentor was looked at: keep the statements
         for texts in undecided[k].values():
             shared[k] |= texts
     return shared
 
 
-def _checked_all(k: int, rows: list[int], done: Mapping[int, list[int]], c: _Context) -> bool:
-    others = int(c.feasible[rows[k]].sum()) - len(done[k])
-    return others <= SHARED_CHECK_LIMIT
+_ONE_PAIR: dict[str, Callable[[Member, Member, _Context], float]] = {
+    "topics": lambda newcomer, mentor, c: topic_score(newcomer, mentor),
+    "population": lambda newcomer, mentor, c: population_score(newcomer, mentor),
+    "geography": lambda newcomer, mentor, c: geography_score(newcomer, mentor),
+    "experience": lambda newcomer, mentor, c: experience_score(mentor, c.today),
+    "network": lambda newcomer, mentor, c: network_score(newcomer.id, mentor.id, c.graph),
+}
 
 
 def _network_shared(row: int, c: _Context) -> bool:

@@ -186,6 +186,43 @@ async def test_staff_review_proposals_in_the_browser(sqlite_node: Node) -> None:
             await expect(page.locator(".advice-answer li strong").first).to_be_visible()
             await expect(page.locator("#advice-status")).to_have_text("")
 
+            # Two alike newcomers: taking the alternative another proposal uses changes that
+            # proposal too; the page says which one, and the new proposal says why.
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {PLATFORM}"}
+            ) as platform:
+                for twin in ("bruchsal", "bretten"):
+                    body = member_body(twin, "2024-05-01", population=40_000, lat=49.1,
+                                       lon=8.6, seeks_tandem=True)  # fmt: skip
+                    assert (await platform.post("/api/members", json=body)).status_code == 201
+
+            async def contested() -> tuple[str, dict[str, object]] | None:
+                for newcomer, proposal in (await pending(url)).items():
+                    for alternative in proposal["alternatives"]:  # type: ignore[attr-defined]
+                        if alternative["taken_by"] and newcomer in ("bruchsal", "bretten"):
+                            return newcomer, alternative
+                return None
+
+            taker, alternative = await eventually(contested, "an alternative taken by the twin")
+            other = str(alternative["taken_by"])
+            before = await page.locator(f'article[data-newcomer="{other}"]').get_attribute(
+                "data-proposal"
+            )
+            mentor = alternative["mentor_id"]
+            item = page.locator(
+                f'article[data-newcomer="{taker}"] .alternative[data-mentor="{mentor}"]'
+            )
+            await expect(item.locator(".taken-by")).to_contain_text(other.title())
+            await item.get_by_role("button").click()
+            await expect(page.locator("#status")).to_contain_text(
+                f"Dadurch geändert: Vorschlag für {other.title()}", timeout=20_000
+            )
+            changed = page.locator(f'article[data-newcomer="{other}"]')
+            assert await changed.get_attribute("data-proposal") != before
+            await expect(changed.locator(".replaced")).to_contain_text(
+                f"ist jetzt Tandem-Stadt von {taker.title()}"
+            )
+
             await page.screenshot(path=str(ARTIFACTS / "staff-page-after.png"), full_page=True)
         finally:
             await browser.close()

@@ -6,6 +6,7 @@ import httpx
 
 from services.runtime import Node
 from tests.conftest import eventually, member_body, read_topic
+from tests.integration.test_member_changes import admitted, produce
 from tests.integration.test_pipeline import pending_for
 
 NETWORK = (
@@ -65,3 +66,23 @@ async def test_wishes_are_checked_travel_on_events_and_the_wished_mentor_is_prop
 
     again = await eventually(replanned, "the newly wished mentor proposed")
     assert "Wunsch des neuen Mitglieds" in again["reasons"]  # type: ignore[operator]
+
+
+async def test_member_admitted_with_an_unknown_wish_is_dead_lettered(
+    node: Node, platform: httpx.AsyncClient, staff: httpx.AsyncClient
+) -> None:
+    assert node.settings.broker is not None
+    bootstrap = node.settings.broker
+    for body in NETWORK:
+        assert (await platform.post("/api/members", json=body)).status_code == 201
+    wrong = member_body("goch", "2024-01-01", seeks_tandem=True, wishes=["nowhere"])
+    await produce(bootstrap, "member.admitted", "goch", admitted(wrong))
+    right = member_body("goeppingen", "2024-03-01", seeks_tandem=True, wishes=["lemgo"])
+    await produce(bootstrap, "member.admitted", "goeppingen", admitted(right))
+
+    proposal = await eventually(lambda: pending_for(staff, "goeppingen"), "a proposal")
+    assert proposal["mentor_id"] == "lemgo"
+    dead = await read_topic(bootstrap, "member.admitted.dlq", lambda r: len(r) >= 1)
+    assert dead[0]["key"] == "goch"
+    assert "wishes" in dead[0]["value"]["error"] and "nowhere" in dead[0]["value"]["error"]
+    assert (await staff.get("/api/members/goch")).status_code == 404

@@ -9,10 +9,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from schemas.member import STATES
+from schemas.member import STATES, MemberRegistration
 from schemas.topics import TOPICS
 from services.matcher.domain.explain import (
     CATALOGUE,
@@ -25,6 +27,8 @@ from services.matcher.domain.explain import (
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, plan_tandems
 from services.matcher.domain.scoring import DEFAULT_WEIGHTS, Weights, score_pair
+from services.registry.admission import wish_violations
+from tests.conftest import member_body
 
 TODAY = dt.date(2024, 10, 1)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "matching.md"
@@ -372,3 +376,23 @@ def test_at_an_exact_tie_the_closer_mentor_is_proposed() -> None:
     # A kept proposal is not moved for a closer tie.
     kept = plan_tandems(members, [], {"ratzeburg": "a-illingen"}, set(), set(), {}, weights, TODAY)
     assert kept.proposal_for("ratzeburg").mentor_id == "a-illingen"  # type: ignore[union-attr]
+
+
+# --- the registry's checks of wishes ---------------------------------------------------------
+
+
+def test_wishes_must_name_other_registered_members() -> None:
+    assert wish_violations("goch", ["lemgo"], {"lemgo"}) == []
+    problems = wish_violations("goch", ["goch", "lemgo", "nowhere"], {"lemgo", "goch"})
+    assert [p.field for p in problems] == ["wishes", "wishes"]
+    assert "itself" in problems[0].message and "nowhere" in problems[1].message
+
+
+@pytest.mark.parametrize(
+    "wishes",
+    [["a1", "a2", "a3", "a4"], ["lemgo", "lemgo"], ["goeppingen"], ["Not An Id"]],
+)
+def test_the_model_refuses_too_many_repeated_own_or_malformed_wishes(wishes: list[str]) -> None:
+    body = member_body("goeppingen", "2024-01-01", wishes=wishes)
+    with pytest.raises(ValidationError):
+        MemberRegistration.model_validate(body)

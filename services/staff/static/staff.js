@@ -41,10 +41,30 @@
     if (chosen) cities.value = chosen;
   }
 
+  let watch = null;
+
+  // Which other pending proposals did the last decision change? The cards say why.
+  function reportChanges() {
+    if (!watch || Date.now() > watch.until) { watch = null; return; }
+    const after = proposals();
+    const changed = [];
+    watch.before.forEach(function (id, newcomer) {
+      if (newcomer !== watch.decided && after.get(newcomer) !== id) changed.push(newcomer);
+    });
+    after.forEach(function (id, newcomer) {
+      if (newcomer !== watch.decided && !watch.before.has(newcomer)) changed.push(newcomer);
+    });
+    if (changed.length) {
+      say("Gespeichert. Dadurch geändert: Vorschlag für " + changed.map(name).join(", ") +
+          " (der Grund steht am Vorschlag).");
+    }
+  }
+
   async function refresh() {
     const response = await fetch("/ui/fragments/main", { credentials: "same-origin" });
     if (response.status === 401) { window.location.reload(); return; }
     if (response.ok) main.innerHTML = await response.text();
+    reportChanges();
     await refreshCities();
   }
 
@@ -86,20 +106,11 @@
       const decided = card ? card.dataset.newcomer : null;
       const before = proposals();
       if (await send(form, say)) {
+        say("Gespeichert.");
+        // The matcher re-plans after the decision, maybe a moment later: the refreshes of
+        // the next seconds are compared with the proposals before it.
+        watch = { before: before, decided: decided, until: Date.now() + 20000 };
         await refresh();
-        // Which other pending proposals did the decision change? The cards say why.
-        const after = proposals();
-        const changed = [];
-        before.forEach(function (id, newcomer) {
-          if (newcomer !== decided && after.get(newcomer) !== id) changed.push(newcomer);
-        });
-        after.forEach(function (id, newcomer) {
-          if (newcomer !== decided && !before.has(newcomer)) changed.push(newcomer);
-        });
-        say(changed.length
-          ? "Gespeichert. Dadurch geändert: Vorschlag für " + changed.map(name).join(", ") +
-            " (der Grund steht am Vorschlag)."
-          : "Gespeichert.");
       }
     } else if (form.id === "advice-form") {
       event.preventDefault();

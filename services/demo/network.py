@@ -437,6 +437,7 @@ def _member(row: dict[str, str | None], where: str, newcomer_year: int | None) -
                 "partners": partners,
                 "exception_reason": exception_reason,
                 "estimated": [f for f in ESTIMATED_FIELDS if f in estimated],
+                "wishes": [w.strip() for w in cell("wishes").split(";") if w.strip()],
             }
         )
     except ValidationError as exc:

@@ -198,7 +198,11 @@ async def decide_by_hand(
             f"({proposal['score']:.2f}): " + "; ".join(proposal["reasons"])
         )
         for index, alternative in enumerate(proposal["alternatives"], start=1):
-            out.print(f"  {index}: {alternative['mentor_id']} ({alternative['score']:.2f})")
+            why = alternative.get("why_not") or ""
+            out.print(
+                f"  {index}: {alternative['mentor_id']} ({alternative['score']:.2f})"
+                + (f" – {why}" if why else "")
+            )
         choices = ["a", "r", "s", *(str(i) for i in range(1, len(proposal["alternatives"]) + 1))]
         choice = await asyncio.to_thread(
             Prompt.ask, "[a]nnehmen, [r] ablehnen, [s] überspringen, Nummer = Alternative",

@@ -61,6 +61,13 @@ class Alternative(BaseModel):
     mentor_id: MemberId
     score: float = Field(ge=0, le=1)
     breakdown: dict[str, float] = Field(default_factory=dict)
+    why_not: str = Field(
+        default="", max_length=2000, description="Why it is not the proposal (German, for staff)."
+    )
+    taken_by: MemberId | None = Field(
+        default=None,
+        description="The newcomer whose pending proposal of the same plan uses this mentor.",
+    )
 
 
 class TandemProposed(BaseModel):

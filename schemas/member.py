@@ -39,6 +39,13 @@ StateCode = Literal[
 ]  # fmt: skip
 
 MEMBER_ID_PATTERN = r"^[a-z0-9-]{2,64}$"
+#: How many members a newcomer may name as its wished Tandem-Stadt.
+MAX_WISHES = 3
+#: Fields a member's data may mark as estimated (not stated by the member or its sources).
+EstimatedField = Literal[
+    "joined", "population", "lat", "lon", "interests", "strengths", "mentor_capacity",
+    "partners", "contact",
+]  # fmt: skip
 _MEMBER_ID = re.compile(MEMBER_ID_PATTERN)
 
 
@@ -62,6 +69,17 @@ def _known_topics(values: list[str]) -> list[str]:
 
 TopicList = Annotated[list[str], AfterValidator(_known_topics)]
 MemberId = Annotated[str, Field(pattern=MEMBER_ID_PATTERN, examples=["goeppingen"])]
+
+
+def _distinct(values: list[str]) -> list[str]:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"wishes name {', '.join(repeated)} more than once")
+    return values
+
+
+Wishes = Annotated[list[MemberId], Field(max_length=MAX_WISHES), AfterValidator(_distinct)]
+Estimated = Annotated[list[EstimatedField], AfterValidator(lambda v: list(dict.fromkeys(v)))]
 
 
 class Contact(BaseModel):
@@ -106,6 +124,16 @@ class MemberProfile(BaseModel):
         default=None,
         description="When absent: true if `joined` is at most 365 days before registration.",
     )
+    wishes: Wishes = Field(
+        default_factory=list,
+        description="Up to 3 member ids the newcomer would like as its Tandem-Stadt "
+        "(not its own id; the registry refuses unknown ids).",
+    )
+    estimated: Estimated = Field(
+        default_factory=list,
+        description="Fields whose value is an estimate (e.g. filled in by an import), shown as "
+        "such to staff.",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> MemberProfile:
@@ -115,6 +143,8 @@ class MemberProfile(BaseModel):
             self.__pydantic_fields_set__.discard("region")
         if (self.lat is None) != (self.lon is None):
             raise ValueError("lat and lon must be given together")
+        if self.id in self.wishes:
+            raise ValueError("wishes: a member cannot wish itself as its Tandem-Stadt")
         return self
 
 
@@ -172,6 +202,8 @@ class MemberUpdate(BaseModel):
     contact: Contact | None = None
     partners: list[Partner] | None = Field(default=None, max_length=100)
     exception_reason: str | None = Field(default=None, max_length=2000)
+    wishes: Wishes | None = None
+    estimated: Estimated | None = None
 
 
 def is_member_id(value: str) -> bool:

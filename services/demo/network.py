@@ -268,6 +268,7 @@ def _member(line: MemberLine, newcomer_year: int | None) -> DemoMember:
         )
 
     try:
+        given["estimated"] = [f for f in ESTIMATED_FIELDS if f in estimated]
         registration = MemberRegistration.model_validate(given)
     except ValidationError as exc:
         problems = "; ".join(

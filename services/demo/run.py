@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 
 from services.demo.network import DemoMember, load_network
 from services.infra.settings import CommonSettings
 from services.runtime import Node
+from services.staff.geo import distance_km
 
 out = Console()
 err = Console(stderr=True)
@@ -72,7 +74,8 @@ class Staff:
                 response = await self.client.post("/api/members", json=body, headers=self.platform)
                 if response.status_code != 201:
                     raise DemoFailed(
-                        f"registering {member.id} failed: {response.status_code} {response.text}"
+                        f"Registrierung von {member.id} fehlgeschlagen: "
+                        f"{response.status_code} {response.text}"
                     )
 
         await asyncio.gather(*(one(m) for m in members))
@@ -82,19 +85,42 @@ class Staff:
             status = await self.get("/api/matcher/status")
             return bool(status["members"] >= self.known)
 
-        await self.wait_for("the matcher to learn the new members", matcher_knows_all)
+        await self.wait_for("die neuen Mitglieder im Matcher", matcher_knows_all)
 
     async def get(self, path: str, **params: Any) -> Any:
         response = await self.client.get(path, params=params, headers=self.staff)
         if response.status_code != 200:
-            raise DemoFailed(f"GET {path} failed: {response.status_code} {response.text}")
+            raise DemoFailed(f"GET {path} fehlgeschlagen: {response.status_code} {response.text}")
         return response.json()
 
     async def post(self, path: str, body: dict[str, Any]) -> Any:
         response = await self.client.post(path, json=body, headers=self.staff)
         if response.status_code not in (200, 201):
-            raise DemoFailed(f"POST {path} failed: {response.status_code} {response.text}")
+            raise DemoFailed(f"POST {path} fehlgeschlagen: {response.status_code} {response.text}")
         return response.json()
+
+    async def accept_current(self, newcomer_id: str, started_on: str) -> int:
+        """Accept the newcomer's pending proposal; 1 if done, 0 if it has none (any more).
+
+        The matcher may still be re-planning after the previous acceptance: a proposal read a
+        moment ago can be superseded by now (409), so the current one is read again."""
+        for _ in range(20):
+            found = await self.get(
+                "/api/proposals", status="pending", newcomer_id=newcomer_id, limit=1
+            )
+            if not found["items"]:
+                return 0
+            path = f"/api/proposals/{found['items'][0]['proposal_id']}/accept"
+            body = {"reason": "Demo: angenommen", "started_on": started_on}
+            response = await self.client.post(path, json=body, headers=self.staff)
+            if response.status_code == 200:
+                return 1
+            if response.status_code != 409:
+                raise DemoFailed(
+                    f"POST {path} fehlgeschlagen: {response.status_code} {response.text}"
+                )
+            await asyncio.sleep(0.1)
+        raise DemoFailed(f"kein annehmbarer Vorschlag für {newcomer_id}")
 
     async def wait_for(self, what: str, check: Any) -> Any:
         """Poll ``check()`` until it returns something truthy, or fail after the timeout."""
@@ -104,7 +130,7 @@ class Staff:
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise DemoFailed(f"timed out after {self.timeout:.0f} s waiting for {what}")
+                raise DemoFailed(f"nach {self.timeout:.0f} s keine Antwort: {what}")
             await asyncio.sleep(0.1)
 
     async def answers_for(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
@@ -123,7 +149,7 @@ class Staff:
                 return {"proposals": proposals, "unmatched": unmatched}
             return None
 
-        found: dict[str, dict[str, Any]] = await self.wait_for("proposals", all_answered)
+        found: dict[str, dict[str, Any]] = await self.wait_for("Vorschläge", all_answered)
         return found
 
 
@@ -137,7 +163,7 @@ async def replay(
     years = sorted({m.join_year for m in members if m.join_year is not None})
     founding = years[0]
     founders = [m for m in members if m.join_year is None or m.join_year == founding]
-    err.print(f"{len(founders)} founding members (from {founding} or without a known year) ...")
+    err.print(f"{len(founders)} Gründungsmitglieder (von {founding} oder ohne bekanntes Jahr) …")
     await staff.register(founders, seeking=False)
     for year in (y for y in years if founding < y <= cohort):
         joining = [m for m in members if m.join_year == year]
@@ -147,16 +173,14 @@ async def replay(
             if interactive:
                 await decide_by_hand(staff, joining, answers["proposals"])
             return joining, answers
-        for proposal in answers["proposals"].values():
-            await staff.post(
-                f"/api/proposals/{proposal['proposal_id']}/accept",
-                {"reason": "Demo: angenommen", "started_on": f"{year}-03-01"},
-            )
+        accepted = 0
+        for newcomer_id in sorted(answers["proposals"]):
+            accepted += await staff.accept_current(newcomer_id, f"{year}-03-01")
         err.print(
-            f"{year}: {len(joining)} neue Mitglieder, {len(answers['proposals'])} Tandems "
-            f"angenommen, {len(answers['unmatched'])} ohne Vorschlag"
+            f"{year}: {len(joining)} neue Mitglieder, {accepted} Tandems angenommen, "
+            f"{len(joining) - accepted} ohne Tandem"
         )
-    raise DemoFailed(f"no members joined in {cohort}")
+    raise DemoFailed(f"im Jahr {cohort} ist niemand beigetreten")
 
 
 async def decide_by_hand(
@@ -174,7 +198,11 @@ async def decide_by_hand(
             f"({proposal['score']:.2f}): " + "; ".join(proposal["reasons"])
         )
         for index, alternative in enumerate(proposal["alternatives"], start=1):
-            out.print(f"  {index}: {alternative['mentor_id']} ({alternative['score']:.2f})")
+            why = alternative.get("why_not") or ""
+            out.print(
+                f"  {index}: {alternative['mentor_id']} ({alternative['score']:.2f})"
+                + (f" – {why}" if why else "")
+            )
         choices = ["a", "r", "s", *(str(i) for i in range(1, len(proposal["alternatives"]) + 1))]
         choice = await asyncio.to_thread(
             Prompt.ask, "[a]nnehmen, [r] ablehnen, [s] überspringen, Nummer = Alternative",
@@ -206,7 +234,7 @@ async def run_demo(
     years = sorted({m.join_year for m in members if m.join_year is not None})
     shown = cohort if cohort is not None else years[-1]
     if shown not in years[1:]:
-        err.print(f"[red]no cohort {shown}: choose one of {', '.join(map(str, years[1:]))}[/]")
+        err.print(f"[red]kein Jahrgang {shown}; möglich: {', '.join(map(str, years[1:]))}[/]")
         return 2
     by_id = {m.id: m for m in members}
     platform, staff_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
@@ -217,24 +245,24 @@ async def run_demo(
         )  # fmt: skip
         node = Node(settings)
         try:
-            err.print("starting embedded broker, registry and matcher ...")
+            err.print("Starte eingebetteten Broker, Registry und Matcher …")
             await node.start()
-            err.print(f"running at {node.url} (broker {node.settings.broker})")
+            err.print(f"läuft unter {node.url} (Broker {node.settings.broker})")
             async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
                 staff = Staff(client, platform, staff_token, timeout)
                 joining, answers = await replay(staff, members, shown, interactive)
                 advice = await ask_advice(staff, joining[0])
         except DemoFailed as error:
-            err.print(f"[red]demo failed:[/] {error}")
+            err.print(f"[red]Demo fehlgeschlagen:[/] {error}")
             return 1
         except Exception as error:
-            err.print(f"[red]demo failed:[/] {type(error).__name__}: {error}")
+            err.print(f"[red]Demo fehlgeschlagen:[/] {type(error).__name__}: {error}")
             return 1
         finally:
             await node.stop()
     print_proposals(shown, joining, by_id, answers["proposals"], answers["unmatched"])
     print_advice(advice, by_id)
-    err.print(f"done in {time.monotonic() - started:.1f} s")
+    err.print(f"fertig in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -289,28 +317,46 @@ def print_proposals(
     proposals: dict[str, dict[str, Any]],
     unmatched: dict[str, dict[str, Any]],
 ) -> None:
-    """The readable table: newcomer, proposed mentor, score, reasons, next alternative."""
-    table = Table(title=f"Tandem-Vorschläge für den Jahrgang {cohort}", show_lines=True)
-    table.add_column("Neue Stadt", style="bold")
-    table.add_column("Vorgeschlagene Tandem-Stadt", style="green")
-    table.add_column("Score / Status", justify="right")
-    table.add_column("Gründe")
-    table.add_column("Nächste Alternative")
-    table.add_column("geschätzt (*)", style="dim")
-    for member in sorted(newcomers, key=lambda m: m.registration.name):
+    """A narrow table (fits 80 columns: newcomer, mentor, score, distance, status), then per
+    newcomer its reasons, the next alternative with why not, and what was estimated."""
+    table = Table(title=f"Tandem-Vorschläge für den Jahrgang {cohort}")
+    table.add_column("Neue Stadt", style="bold", overflow="fold")
+    table.add_column("Tandem-Stadt", style="green", overflow="fold")
+    table.add_column("Score", justify="right")
+    table.add_column("km", justify="right")
+    table.add_column("Status")
+    ordered = sorted(newcomers, key=lambda m: m.registration.name)
+    for member in ordered:
         proposal = proposals.get(member.id)
         if proposal is None:
-            reason = unmatched.get(member.id, {}).get("message", "kein Vorschlag")
-            table.add_row(
-                member.registration.name, f"[red]{reason}[/]", "", "", "", _estimated(member)
-            )
+            table.add_row(member.registration.name, "[red]kein Vorschlag[/]", "", "", "")
             continue
-        alternatives = proposal["alternatives"]
-        alternative = (
-            f"{_name(by_id, alternatives[0]['mentor_id'])} ({alternatives[0]['score']:.2f})"
-            if alternatives
-            else "–"
+        table.add_row(
+            member.registration.name + (" *" if member.estimated else ""),
+            _name(by_id, proposal["mentor_id"]) + (" *" if _estimates(by_id, proposal) else ""),
+            f"{proposal['score']:.2f}",
+            _km(member, by_id.get(proposal["mentor_id"])),
+            STATUS_DE.get(proposal["status"], proposal["status"]),
         )
+    out.print(table)
+    for member in ordered:
+        proposal = proposals.get(member.id)
+        out.print(f"\n[bold]{member.registration.name}[/]", end="")
+        if proposal is None:
+            reason = unmatched.get(member.id, {}).get("message", "kein Vorschlag")
+            out.print(f": [red]{reason}[/]")
+            continue
+        out.print(f" → [green]{_name(by_id, proposal['mentor_id'])}[/]")
+        for reason in proposal["reasons"]:
+            out.print(Padding(f"• {reason}", (0, 0, 0, 2)))
+        for alternative in proposal["alternatives"][:1]:
+            why = alternative.get("why_not") or ""
+            line = (
+                f"Alternative: {_name(by_id, alternative['mentor_id'])} "
+                f"({alternative['score']:.2f}, "
+                f"{_km(member, by_id.get(alternative['mentor_id']))} km)"
+            )
+            out.print(Padding(line + (f" – {why}" if why else ""), (0, 0, 0, 2)))
         mentor = by_id.get(proposal["mentor_id"])
         estimated = "; ".join(
             part
@@ -320,17 +366,22 @@ def print_proposals(
             )
             if part
         )
-        table.add_row(
-            member.registration.name,
-            _name(by_id, proposal["mentor_id"]),
-            f"{proposal['score']:.2f}\n{STATUS_DE.get(proposal['status'], proposal['status'])}",
-            "\n".join(proposal["reasons"]),
-            alternative,
-            estimated,
-        )
-    out.print(table)
+        if estimated:
+            out.print(Padding(f"[dim]geschätzt (*): {estimated}[/]", (0, 0, 0, 2)))
     out.print(
-        "(*) Werte, die die Quellen nicht nennen (Interessen, Stärken, Kapazität, Partner, "
+        "\n(*) Werte, die die Quellen nicht nennen (Interessen, Stärken, Kapazität, Partner, "
         "Kontakt, fehlende Beitrittsjahre und Einwohnerzahlen), hat die Demo deterministisch "
         "geschätzt. Einwohnerzahlen und Koordinaten: GeoNames (CC BY 4.0)."
     )
+
+
+def _estimates(by_id: dict[str, DemoMember], proposal: dict[str, Any]) -> bool:
+    mentor = by_id.get(proposal["mentor_id"])
+    return bool(mentor and mentor.estimated)
+
+
+def _km(a: DemoMember, b: DemoMember | None) -> str:
+    one, two = a.registration, b.registration if b else None
+    if two is None or one.lat is None or one.lon is None or two.lat is None or two.lon is None:
+        return "?"
+    return f"{distance_km(one.lat, one.lon, two.lat, two.lon):.0f}"

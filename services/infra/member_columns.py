@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Date, Float, Integer, String
+from sqlalchemy import JSON, Boolean, Column, Date, Float, Integer, String, text
 
 
 def profile_columns() -> list[Column[object]]:
@@ -21,4 +21,6 @@ def profile_columns() -> list[Column[object]]:
         Column("strengths", JSON, nullable=False),
         Column("mentor_capacity", Integer, nullable=False),
         Column("seeks_tandem", Boolean, nullable=False),
+        Column("wishes", JSON, nullable=False, server_default=text("'[]'")),
+        Column("estimated", JSON, nullable=False, server_default=text("'[]'")),
     ]

@@ -194,7 +194,13 @@ def _plan(
             breakdown=dict(planned.breakdown),
             reasons=list(planned.reasons),
             alternatives=[
-                Alternative(mentor_id=a.mentor_id, score=a.score, breakdown=dict(a.breakdown))
+                Alternative(
+                    mentor_id=a.mentor_id,
+                    score=a.score,
+                    breakdown=dict(a.breakdown),
+                    why_not=a.why_not,
+                    taken_by=a.taken_by,
+                )
                 for a in planned.alternatives
             ],
             supersedes=uuid.UUID(supersedes) if supersedes else None,

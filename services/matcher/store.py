@@ -66,7 +66,7 @@ async def recorded_digests(
 
 _MEMBER_FIELDS = (
     "name", "kind", "state", "region", "population", "lat", "lon", "joined", "interests",
-    "strengths", "mentor_capacity", "seeks_tandem", "status", "revision",
+    "strengths", "mentor_capacity", "seeks_tandem", "status", "revision", "wishes", "estimated",
 )  # fmt: skip
 
 
@@ -107,6 +107,8 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
             "seeks_tandem": bool(member.seeks_tandem),
             "status": "left" if member.id in departed else member.status,
             "revision": member.revision,
+            "wishes": list(member.wishes),
+            "estimated": list(member.estimated),
         }
         known = current.get(member.id)
         if known is None:
@@ -175,6 +177,8 @@ def domain_member(row: RowMapping) -> Member:
         mentor_capacity=row["mentor_capacity"],
         seeks_tandem=row["seeks_tandem"],
         active=row["status"] == "active",
+        wishes=tuple(row["wishes"] or ()),
+        estimated=frozenset(row["estimated"] or ()),
     )
 
 

@@ -8,7 +8,7 @@ looked up in GeoNames, never guessed), then every rule, all broken ones named at
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,3 +140,17 @@ def check(member: MemberRegistration, places: gazetteer.Gazetteer | None = None)
     if problems:
         raise AdmissionRefused(problems)
     return Admission(member, looked_up)
+
+
+def wish_violations(
+    member_id: str, wishes: Sequence[str], existing: Collection[str]
+) -> list[RuleViolation]:
+    """Wished Tandem-Städte must be other members the registry knows (``existing``: those of
+    ``wishes`` that are registered)."""
+    problems = []
+    if member_id in wishes:
+        problems.append(RuleViolation("wishes", "a member cannot wish itself"))
+    unknown = [w for w in wishes if w not in existing and w != member_id]
+    if unknown:
+        problems.append(RuleViolation("wishes", f"unknown member(s): {', '.join(unknown)}"))
+    return problems

@@ -24,7 +24,13 @@ from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.records import PoisonRecord, decode_record, payload_digest
 from services.infra.settings import RegistrySettings
 from services.registry import gazetteer, store, tables
-from services.registry.admission import AdmissionRefused, admission_violations, check
+from services.registry.admission import (
+    AdmissionRefused,
+    RuleViolation,
+    admission_violations,
+    check,
+    wish_violations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +93,19 @@ class RegistryService:
         ``guard`` runs first in that transaction (e.g. the consumer's dedup); if it answers
         False nothing is stored and None is returned. Raises :class:`AdmissionRefused` or
         :class:`store.DuplicateMember`."""
-        if gazetteer.needs_lookup(member):
-            admission = await asyncio.to_thread(check, member)  # the first look-up reads data
-        else:
-            admission = check(member)
+        problems: list[RuleViolation] = []
+        try:
+            if gazetteer.needs_lookup(member):
+                admission = await asyncio.to_thread(check, member)  # the first look-up reads
+            else:
+                admission = check(member)
+        except AdmissionRefused as refused:
+            problems = refused.problems
+        if member.wishes:
+            async with self.engine.connect() as connection:
+                problems = problems + await _wish_problems(connection, member)
+        if problems:
+            raise AdmissionRefused(problems)
         if guard is None:
             row = await store.register(
                 self.engine, admission.member, actor, _today(), admission.looked_up
@@ -116,8 +131,10 @@ class RegistryService:
         rules (all broken ones named); ``city.updated`` follows through the outbox. Raises
         :class:`store.InvalidChange`, :class:`store.MemberNotFound`, :class:`store.MemberLeft`."""
 
-        def rules(member: MemberRegistration) -> None:
+        async def rules(connection: AsyncConnection, member: MemberRegistration) -> None:
             problems = admission_violations(member)
+            if "wishes" in change.model_fields_set:
+                problems += await _wish_problems(connection, member)
             if problems:
                 raise AdmissionRefused(problems)
 
@@ -203,3 +220,11 @@ class RegistryService:
         except Exception:
             database = False
         return {"database": database, "broker": self.relay.broker_ok and self.consuming}
+
+
+async def _wish_problems(
+    connection: AsyncConnection, member: MemberRegistration
+) -> list[RuleViolation]:
+    """The admission's rule for ``wishes``: other members the registry knows."""
+    known = await store.existing_ids(connection, member.wishes)
+    return wish_violations(member.id, member.wishes, known)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -55,6 +55,8 @@ def public_member(row: RowMapping | dict[str, Any]) -> CityJoined:
         strengths=list(row["strengths"]),
         mentor_capacity=row["mentor_capacity"],
         seeks_tandem=row["seeks_tandem"],
+        wishes=list(row["wishes"] or []),
+        estimated=list(row["estimated"] or []),
         partners=[PartnerSector(sector=p["sector"]) for p in row["partners"]],
         status=row["status"],
         revision=row["revision"],
@@ -78,6 +80,8 @@ def member_row(member: MemberRegistration, today: dt.date) -> dict[str, Any]:
         "strengths": list(member.strengths),
         "mentor_capacity": member.mentor_capacity,
         "seeks_tandem": member.resolved_seeks_tandem(today),
+        "wishes": list(member.wishes),
+        "estimated": list(member.estimated),
         "contact": member.contact.model_dump() if member.contact else None,
         "partners": [p.model_dump() for p in member.partners],
         "exception_reason": member.exception_reason,
@@ -195,9 +199,17 @@ def registration_of(row: RowMapping | dict[str, Any]) -> dict[str, Any]:
     keys = (
         "id", "name", "kind", "state", "region", "population", "lat", "lon", "joined",
         "interests", "strengths", "mentor_capacity", "seeks_tandem", "contact", "partners",
-        "exception_reason",
+        "exception_reason", "wishes", "estimated",
     )  # fmt: skip
     return {k: row[k] for k in keys}
+
+
+async def existing_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` that are registered members (for checking wishes)."""
+    if not ids:
+        return set()
+    query = select(tables.members.c.id).where(tables.members.c.id.in_(list(ids)))
+    return set((await connection.execute(query)).scalars())
 
 
 async def _locked_member(connection: AsyncConnection, member_id: str) -> RowMapping:
@@ -222,7 +234,7 @@ async def update_member(
     member_id: str,
     change: MemberUpdate,
     actor: str,
-    check: Callable[[MemberRegistration], object] | None = None,
+    check: Callable[[AsyncConnection, MemberRegistration], Awaitable[object]] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Apply ``change`` with the registration's validation; ``check`` sees the changed member
     before anything is written (the service's admission rules: it raises to refuse, which
@@ -244,7 +256,7 @@ async def update_member(
                 [{**e, "loc": ["body", *e["loc"]]} for e in error.errors(include_url=False)]
             ) from error
         if check is not None:
-            check(member)
+            await check(connection, member)
         values = member_row(member, row["joined"])
         values["seeks_tandem"] = (
             member.seeks_tandem if member.seeks_tandem is not None else row["seeks_tandem"]

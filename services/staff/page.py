@@ -109,6 +109,13 @@ async def main_fragment(request: Request) -> Response:
     )
 
 
+@router.get("/ui/fragments/cities", response_class=HTMLResponse)
+async def cities_fragment(request: Request) -> Response:
+    """The advice form's member options, so members registered later appear too."""
+    _, matcher = _require(request)
+    return templates.TemplateResponse(request, "_cities.html", {"o": await view.overview(matcher)})
+
+
 @router.get("/ui/version", response_class=PlainTextResponse)
 async def state_version(request: Request) -> str:
     """Changes when proposals or members change; the page polls it."""

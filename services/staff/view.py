@@ -39,6 +39,8 @@ class MemberCard:
     point: Point | None
     lat: float | None
     lon: float | None
+    #: Fields whose value is an estimate (marked on the page).
+    estimated: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, row: Any) -> MemberCard:
@@ -49,7 +51,7 @@ class MemberCard:
             joined=str(row["joined"].year), interests=[topic_label(t) for t in row["interests"]],
             strengths=[topic_label(t) for t in row["strengths"]], status=row["status"],
             point=project(lon, lat) if lat is not None and lon is not None else None,
-            lat=lat, lon=lon,
+            lat=lat, lon=lon, estimated=frozenset(row["estimated"] or ()),
         )  # fmt: skip
 
 
@@ -62,6 +64,8 @@ class Overview:
     accepted: list[dict[str, Any]]
     waiting: list[dict[str, Any]]
     newcomers: set[str] = field(default_factory=set)
+    #: Per pending proposal that replaced another: which mentor it replaced and why (German).
+    replaced: dict[str, str] = field(default_factory=dict)
 
     def name(self, member_id: str) -> str:
         card = self.members.get(member_id)
@@ -89,7 +93,35 @@ async def overview(matcher: MatcherService) -> Overview:
     accepted, _ = await store.list_proposals(matcher.engine, "accepted", 1000, 0)
     waiting = await store.waiting_newcomers(matcher.engine)
     newcomers = {p["newcomer_id"] for p in pending} | {w["newcomer_id"] for w in waiting}
-    return Overview(members, pending, accepted, waiting, newcomers)
+    result = Overview(members, pending, accepted, waiting, newcomers)
+    result.replaced = await _replaced(matcher, result)
+    return result
+
+
+async def _replaced(matcher: MatcherService, o: Overview) -> dict[str, str]:
+    """For each pending proposal that replaced an earlier one: what changed and why, in German
+    (so staff see which proposals a decision changed)."""
+    notes: dict[str, str] = {}
+    async with matcher.engine.connect() as connection:
+        for p in o.pending:
+            if not p.get("supersedes"):
+                continue
+            old = await store.get_proposal(connection, p["supersedes"])
+            if old is None:
+                continue
+            before = old["mentor_id"]
+            taken = next((t for t in o.accepted if t["mentor_id"] == before), None)
+            planned = next((x for x in o.pending if x["mentor_id"] == before and x is not p), None)
+            if old["status"] == "rejected":
+                why = "abgelehnt"
+            elif taken is not None:
+                why = f"{o.name(before)} ist jetzt Tandem-Stadt von {o.name(taken['newcomer_id'])}"
+            elif planned is not None:
+                why = f"{o.name(before)} ist jetzt für {o.name(planned['newcomer_id'])} vorgesehen"
+            else:
+                why = "der gemeinsame Plan hat sich geändert"
+            notes[p["proposal_id"]] = f"Ersetzt den Vorschlag {o.name(before)}: {why}."
+    return notes
 
 
 async def version(matcher: MatcherService) -> str:

@@ -46,4 +46,4 @@ def test_demo_refuses_an_unknown_cohort() -> None:
         timeout=60, env=ENV,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "no cohort 1999" in result.stderr
+    assert "kein Jahrgang 1999" in result.stderr

@@ -29,7 +29,8 @@ NETWORK = [
     member_body("rheinfelden-baden", "2016-01-01", population=34_000, lat=47.56, lon=7.78),
     member_body("lemgo", "2016-01-01", population=42_000, state="DE-NW", lat=52.03, lon=8.9),
     member_body("speyer", "2017-01-01", population=50_000, state="DE-RP", lat=49.32, lon=8.43),
-    member_body("goeppingen", "2024-03-01", population=58_000, seeks_tandem=True),
+    member_body("goeppingen", "2024-03-01", population=58_000, seeks_tandem=True,
+                estimated=["population"]),
     member_body("goch", "2024-03-01", population=34_000, state="DE-NW", lat=51.68, lon=6.16,
                 seeks_tandem=True),
 ]  # fmt: skip
@@ -115,6 +116,16 @@ async def test_staff_review_proposals_in_the_browser(sqlite_node: Node) -> None:
             reasons = first["goeppingen"]["reasons"]
             assert isinstance(reasons, list)
             await expect(card.locator(".reasons")).to_contain_text(str(reasons[0]))
+            # Why not the others: one sentence under each alternative, as the API says.
+            alternatives = first["goeppingen"]["alternatives"]
+            assert isinstance(alternatives, list) and alternatives
+            for alternative in alternatives:
+                item = card.locator(f'.alternative[data-mentor="{alternative["mentor_id"]}"]')
+                await expect(item.locator(".why-not")).to_contain_text(alternative["why_not"])
+                if alternative["taken_by"]:
+                    await expect(item.locator(".taken-by")).to_be_visible()
+            # The estimated population is marked on the newcomer's card.
+            await expect(card.locator(".member.newcomer .est")).to_have_text("geschätzt")
             await card.get_by_role("button", name="Annehmen").click()
             await expect(card).to_have_count(0)
             await expect(
@@ -138,16 +149,79 @@ async def test_staff_review_proposals_in_the_browser(sqlite_node: Node) -> None:
             assert await replacement.get_attribute("data-proposal") != rejected_id
             assert await page.evaluate("window.__noReload") is True
 
-            # Take an alternative in one step.
+            # Take an alternative in one step; the status says it was saved.
+            await expect(replacement.locator(".alternative .why-not").first).to_be_visible()
             await replacement.locator(".alternatives button").first.click()
             await expect(page.locator('article[data-newcomer="goch"]')).to_have_count(0)
             await expect(page.locator("table.tandems tr")).to_have_count(2)
+            await expect(page.locator("#status")).to_contain_text("Gespeichert.")
 
-            # Collegial advice from the page.
-            await page.get_by_label("Anfragendes Mitglied").select_option("goeppingen")
+            # Collegial advice from the page: a member registered after the page loaded is
+            # offered; a mistake is reported next to the form, not at the top.
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {PLATFORM}"}
+            ) as platform:
+                late = member_body("kehl", "2018-01-01", population=37_000, lat=48.57, lon=7.81)
+                assert (await platform.post("/api/members", json=late)).status_code == 201
+            select = page.get_by_label("Anfragendes Mitglied")
+
+            async def offered() -> bool | None:
+                await select.focus()
+                await page.wait_for_timeout(200)
+                return await page.locator('#advice-city option[value="kehl"]').count() == 1 or None
+
+            await eventually(offered, "the late member in the advice form")
+            await select.select_option("kehl")
+            await page.get_by_role("button", name="Passende Mitglieder finden").click()
+            await expect(page.locator("#advice-status")).to_contain_text("mindestens ein Thema")
+            box = await page.locator("#advice-form textarea").bounding_box()
+            cards = await page.locator("main > section.card").first.bounding_box()
+            advice = await page.locator("section.advice").bounding_box()
+            assert box and cards and advice
+            assert abs(advice["x"] - cards["x"]) < 2 and abs(advice["width"] - cards["width"]) < 2
+            assert box["height"] >= 80, "the question box is big enough for its placeholder"
+            await select.select_option("goeppingen")
             await page.get_by_label("Digitalisierung").check()
             await page.get_by_role("button", name="Passende Mitglieder finden").click()
             await expect(page.locator(".advice-answer li strong").first).to_be_visible()
+            await expect(page.locator("#advice-status")).to_have_text("")
+
+            # Two alike newcomers: taking the alternative another proposal uses changes that
+            # proposal too; the page says which one, and the new proposal says why.
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {PLATFORM}"}
+            ) as platform:
+                for twin in ("bruchsal", "bretten"):
+                    body = member_body(twin, "2024-05-01", population=40_000, lat=49.1,
+                                       lon=8.6, seeks_tandem=True)  # fmt: skip
+                    assert (await platform.post("/api/members", json=body)).status_code == 201
+
+            async def contested() -> tuple[str, dict[str, object]] | None:
+                for newcomer, proposal in (await pending(url)).items():
+                    for alternative in proposal["alternatives"]:  # type: ignore[attr-defined]
+                        if alternative["taken_by"] and newcomer in ("bruchsal", "bretten"):
+                            return newcomer, alternative
+                return None
+
+            taker, alternative = await eventually(contested, "an alternative taken by the twin")
+            other = str(alternative["taken_by"])
+            before = await page.locator(f'article[data-newcomer="{other}"]').get_attribute(
+                "data-proposal"
+            )
+            mentor = alternative["mentor_id"]
+            item = page.locator(
+                f'article[data-newcomer="{taker}"] .alternative[data-mentor="{mentor}"]'
+            )
+            await expect(item.locator(".taken-by")).to_contain_text(other.title())
+            await item.get_by_role("button").click()
+            await expect(page.locator("#status")).to_contain_text(
+                f"Dadurch geändert: Vorschlag für {other.title()}", timeout=20_000
+            )
+            changed = page.locator(f'article[data-newcomer="{other}"]')
+            assert await changed.get_attribute("data-proposal") != before
+            await expect(changed.locator(".replaced")).to_contain_text(
+                f"ist jetzt Tandem-Stadt von {taker.title()}"
+            )
 
             await page.screenshot(path=str(ARTIFACTS / "staff-page-after.png"), full_page=True)
         finally:

@@ -299,3 +299,16 @@ def test_docs_data_md_lists_every_tag_with_its_topics() -> None:
     for tag, slugs in TOPIC_MAP.items():
         target = ", ".join(f"`{s}` ({topic_label(s)})" for s in slugs) or "— (no topic"
         assert f"| {tag} | {target}" in doc, tag
+
+
+def test_a_wishes_column_and_the_estimated_fields_reach_the_registration() -> None:
+    text = (
+        HEADER.rstrip("\n") + ",wishes\n"
+        + "Parchim,city,Mecklenburg-Vorpommern,2024,Demokratie,,53.4,11.8,https://x.example,"
+        "stendal; lemgo\n"
+    )  # fmt: skip
+    (member,) = parse_network(text)
+    assert member.registration.wishes == ["stendal", "lemgo"]
+    # What the demo filled in travels with the member, so staff see it marked.
+    assert member.registration.estimated == list(member.estimated)
+    assert "population" in member.registration.estimated

@@ -328,29 +328,34 @@ def test_reasons_without_coordinates_name_state_or_region() -> None:
         assert text in explain_pair(newcomer, mentor, pair.breakdown)
 
 
-def test_reasons_add_one_caveat_and_skip_criteria_that_did_not_help() -> None:
+def test_reasons_name_every_weak_point_costliest_first() -> None:
+    # Issue 16: every criterion below 0.3 is named as a weak point (before: only the costliest
+    # one as "caveat"), after the statements.
     newcomer = member("n", population=12_000, state="DE-SH", joined=dt.date(2024, 1, 1))
     mentor = member("m", population=240_000, state="DE-BY", joined=dt.date(2023, 6, 1))
     graph = tandem_graph([Tandem("n", "m", dt.date(2020, 1, 1), dt.date(2021, 1, 1))])
     pair = score_pair(newcomer, mentor, DEFAULT_WEIGHTS, TODAY, graph)
     reasons = explain_pair(newcomer, mentor, pair.breakdown)
     assert not any(r.startswith(("ähnliche Größe", "seit ", "gleiche")) for r in reasons)
-    caveats = [
-        r
-        for r in reasons
-        if r.startswith(("großer Größenunterschied", "andere Region", "waren bereits"))
+    weak = [r for r in reasons if r.startswith("Schwachpunkt")]
+    # size: weight 0.25 x shortfall 1 costs most, then the other region (0.25 x 0.9), the
+    # short membership (0.10 x most of 1), the former partners (0.05 x 1).
+    assert weak == [
+        "Schwachpunkt Größe: Tandem-Stadt etwa 20-mal so groß (12.000 / 240.000 Einw.)",
+        "Schwachpunkt Nähe: andere Region (Norden / Süden)",
+        "Schwachpunkt Erfahrung: erst seit 2023 im Netzwerk",
+        "Schwachpunkt Netzwerk: waren bereits Tandem-Partner",
     ]
-    # Three criteria failed; only the costliest (size: weight 0.25 x shortfall 1) is named.
-    assert caveats == ["großer Größenunterschied (12.000 / 240.000 Einw.)"]
+    assert reasons[-len(weak) :] == weak
 
 
-def test_reasons_name_former_partners_as_caveat() -> None:
+def test_reasons_name_former_partners_as_weak_point() -> None:
     newcomer, mentor = member("n"), member("m")
     graph = tandem_graph([Tandem("n", "m", dt.date(2020, 1, 1), dt.date(2021, 1, 1))])
     weights = Weights.parse("network=1,population=0,geography=0,topics=0,experience=0")
     pair = score_pair(newcomer, mentor, weights, TODAY, graph)
     assert explain_pair(newcomer, mentor, pair.breakdown, weights) == [
-        "waren bereits Tandem-Partner"
+        "Schwachpunkt Netzwerk: waren bereits Tandem-Partner"
     ]
 
 

@@ -15,7 +15,9 @@ class Member:
 
     ``state`` is an ISO 3166-2 code such as ``"DE-BW"``; ``region`` one of ``north``, ``east``,
     ``south``, ``west``. ``lat``/``lon`` are both given or both ``None``. ``mentor_capacity`` is
-    how many tandems the member can hold at once as the experienced partner.
+    how many tandems the member can hold at once as the experienced partner. ``wishes``: the
+    members it would like as its Tandem-Stadt (at most three); ``estimated``: the fields whose
+    value is an estimate, not a fact from the member.
     """
 
     id: str
@@ -31,6 +33,8 @@ class Member:
     mentor_capacity: int
     seeks_tandem: bool
     active: bool = True
+    wishes: tuple[str, ...] = ()
+    estimated: frozenset[str] = frozenset()
 
     @property
     def has_location(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
@@ -21,10 +21,28 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import FIRST_CANDIDATES, solve_assignment
-from services.matcher.domain.explain import explain_pair
+from services.matcher.domain.explain import (
+    Reason,
+    Rival,
+    pair_reasons,
+    statements,
+    why_not,
+    wish_not_possible,
+    wish_taken,
+)
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
-from services.matcher.domain.scoring import CRITERIA, Weights, score_matrix
+from services.matcher.domain.scoring import (
+    CRITERIA,
+    ScoreMatrix,
+    Weights,
+    experience_score,
+    geography_score,
+    network_score,
+    population_score,
+    score_matrix,
+    topic_score,
+)
 
 #: How many alternatives a proposal lists.
 ALTERNATIVES = 3
@@ -71,11 +89,15 @@ class DroppedPin(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Alternative:
-    """Another eligible mentor for the newcomer, with its score."""
+    """Another eligible mentor for the newcomer, with its score; ``why_not`` says in German
+    why it is not the proposal, ``taken_by`` is the newcomer whose proposal of the same plan
+    uses that mentor (None if none does)."""
 
     mentor_id: str
     score: float
     breakdown: dict[str, float]
+    why_not: str = ""
+    taken_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +111,7 @@ class PlannedProposal:
     reasons: list[str]
     alternatives: tuple[Alternative, ...]
     pinned: bool = False
+    wished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +188,9 @@ def plan_tandems(
     pins, dropped = _pins(
         newcomers, active, column, capacity, feasible, pinned, rejected | forbidden, too_new
     )
-    chosen = solve_assignment(scores, capacity, feasible, incumbent, pins, scores.shortlist)
+    wish_pins = _wish_pins(newcomers, column, capacity, feasible, pins, incumbent, scores)
+    chosen = solve_assignment(scores, capacity, feasible, incumbent, wish_pins, scores.shortlist)
+    chosen = _prefer_closer(chosen, scores, capacity, incumbent, wish_pins)
 
     unmatched: dict[str, str] = {}
     years = np.sort([x.joined.year for x in active])
@@ -200,14 +225,25 @@ def plan_tandems(
                 mentor_id=mentor.id,
                 score=score,
                 breakdown=breakdown,
-                reasons=explain_pair(newcomer, mentor, breakdown, weights),
+                reasons=[],  # explained below, once the whole plan is known
                 alternatives=tuple(
                     Alternative(mentors[k].id, value, parts_of)
                     for k, value, parts_of in islice(cells, alternatives)
                 ),
                 pinned=bool(pins[i] >= 0),
+                wished=bool(wish_pins[i] >= 0 and pins[i] < 0),
             )
         )
+    component = {
+        node: index for index, part in enumerate(nx.connected_components(graph)) for node in part
+    }
+    context = _Context(
+        newcomers, mentors, column, capacity, feasible, chosen, scores, weights, graph,
+        {x.id: x for x in members}, rejected | forbidden, incumbent, component,
+        np.array([component.get(x.id, -1) for x in mentors], dtype=np.int_),
+        {x.id: i for i, x in enumerate(newcomers)}, today,
+    )  # fmt: skip
+    proposals = _explain_all(proposals, context)
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
 
 
@@ -314,6 +350,294 @@ def _alternatives(shortlist: NDArray[np.int_], chosen: NDArray[np.int_]) -> NDAr
         pad = np.full((result.shape[0], ALTERNATIVES - result.shape[1]), -1, dtype=np.int_)
         result = np.concatenate([result, pad], axis=1)
     return result
+
+
+# --- wishes ----------------------------------------------------------------------------------
+
+
+def _wish_pins(
+    newcomers: Sequence[Member],
+    column: Mapping[str, int],
+    capacity: NDArray[np.int_],
+    feasible: NDArray[np.bool_],
+    pins: NDArray[np.int_],
+    incumbent: NDArray[np.int_],
+    scores: ScoreMatrix,
+) -> NDArray[np.int_]:
+    """``pins`` plus a wished mentor for as many newcomers as possible.
+
+    A newcomer without a pin that wished eligible mentors with room gets one of them, fixed
+    like a pin. When wishes exceed a mentor's capacity, the joint score decides: the wishes
+    are granted by the same solver on the wished pairs only (most wishes granted, then the
+    highest sum of their scores, current proposals kept at ties)."""
+    m = len(column)
+    wish = np.zeros((len(newcomers), m), dtype=np.bool_)
+    for i, newcomer in enumerate(newcomers):
+        if pins[i] < 0:
+            for wished in newcomer.wishes:
+                if wished in column:
+                    wish[i, column[wished]] = True
+    wish &= feasible
+    rows = np.flatnonzero(wish.any(axis=1))
+    if rows.size == 0:
+        return pins
+    left = capacity - np.bincount(pins[pins >= 0], minlength=m)
+    sub_incumbent = np.where(wish[rows, np.maximum(incumbent[rows], 0)], incumbent[rows], -1)
+    granted = solve_assignment(
+        scores.rows(rows), left.astype(np.int_), wish[rows], sub_incumbent,
+        np.full(rows.size, -1, dtype=np.int_),
+    )  # fmt: skip
+    result = pins.copy()
+    result[rows[granted >= 0]] = granted[granted >= 0]
+    return result
+
+
+def _prefer_closer(
+    chosen: NDArray[np.int_],
+    scores: ScoreMatrix,
+    capacity: NDArray[np.int_],
+    incumbent: NDArray[np.int_],
+    fixed: NDArray[np.int_],
+) -> NDArray[np.int_]:
+    """Among exactly tied mentors, the closer one: a planned newcomer whose listed mentor with
+    free capacity scores exactly the same as its own but is closer (higher geography score)
+    moves there. The total stays the same, so the plan stays optimal; kept proposals, pins and
+    wishes do not move. Tandem partners visit each other: at a tie, distance decides."""
+    if scores.shortlist.size == 0:
+        return chosen
+    rows = np.flatnonzero((chosen >= 0) & (fixed < 0) & (incumbent != chosen))
+    if rows.size == 0:
+        return chosen
+    listed = scores.shortlist[rows]
+    own = scores.cells(rows, chosen[rows])
+    tied = (listed >= 0) & (listed != chosen[rows][:, None])
+    tied &= np.abs(np.nan_to_num(scores.shortlist_scores[rows], nan=-1.0) - own[:, None]) <= 1e-12
+    candidates = np.flatnonzero(tied.any(axis=1))
+    if candidates.size == 0:
+        return chosen
+    result = chosen.copy()
+    load = np.bincount(result[result >= 0], minlength=capacity.size)
+    for index in candidates.tolist():
+        row = int(rows[index])
+        options = listed[index][tied[index]]
+        cols = np.concatenate([[result[row]], options]).astype(np.int_)
+        near = scores.breakdowns(np.full(cols.size, row, dtype=np.int_), cols)["geography"]
+        for k in np.argsort(-near[1:], kind="stable").tolist():
+            j = int(options[k])
+            if near[1 + k] > near[0] + 1e-12 and load[j] < capacity[j]:
+                load[result[row]] -= 1
+                load[j] += 1
+                result[row] = j
+                break
+    return result
+
+
+# --- reasons and why not the others ----------------------------------------------------------
+
+#: How many other eligible mentors are checked at most before a statement is called shared.
+SHARED_CHECK_LIMIT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    newcomers: Sequence[Member]
+    mentors: Sequence[Member]
+    column: Mapping[str, int]
+    capacity: NDArray[np.int_]
+    feasible: NDArray[np.bool_]
+    chosen: NDArray[np.int_]
+    scores: ScoreMatrix
+    weights: Weights
+    graph: nx.Graph
+    members: Mapping[str, Member]
+    excluded: set[Pair]
+    incumbent: NDArray[np.int_]
+    component: Mapping[str, int]
+    mentor_component: NDArray[np.int_]
+    row: Mapping[str, int]
+    today: dt.date
+
+
+def _explain_all(proposals: list[PlannedProposal], c: _Context) -> list[PlannedProposal]:
+    """The proposals with their distinguishing reasons, wish sentences and why-not per
+    alternative, all computed from the finished plan (batched: a few vectorised score calls
+    for all proposals together)."""
+    rows = [c.row[p.newcomer_id] for p in proposals]
+    reasons = [
+        pair_reasons(c.newcomers[i], c.mentors[int(c.chosen[i])], p.breakdown, c.weights, p.wished)
+        for i, p in zip(rows, proposals, strict=True)
+    ]
+    shared = _shared_statements(rows, proposals, reasons, c)
+    why = _why_nots(rows, proposals, c)
+    result = []
+    for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
+        shown = [r.text for r in reasons[k] if r.text not in shared[k]]
+        result.append(
+            PlannedProposal(
+                newcomer_id=p.newcomer_id,
+                mentor_id=p.mentor_id,
+                score=p.score,
+                breakdown=p.breakdown,
+                reasons=shown + _wish_sentences(i, p, c),
+                alternatives=why[k],
+                pinned=p.pinned,
+                wished=p.wished,
+            )
+        )
+    return result
+
+
+def _shared_statements(
+    rows: list[int],
+    proposals: list[PlannedProposal],
+    reasons: list[list[Reason]],
+    c: _Context,
+) -> list[set[str]]:
+    """Per proposal, its statements that every other eligible mentor of the newcomer would get
+    word for word (none when it has no other eligible mentor). Checked against the alternatives
+    first (already scored), then against the other eligible mentors in chunks, only for rows
+    with statements still undecided, up to ``SHARED_CHECK_LIMIT`` mentors per row."""
+    eligible = c.feasible[rows].sum(axis=1) if rows else np.zeros(0, dtype=np.int_)
+    undecided: list[dict[str, set[str]]] = []
+    shared: list[set[str]] = []
+    for k, (i, found) in enumerate(zip(rows, reasons, strict=True)):
+        by_criterion: dict[str, set[str]] = {}
+        known: set[str] = set()
+        for r in found:
+            if r.kind != "reason" or eligible[k] < 2:
+                continue
+            if r.criterion == "network" and _network_shared(i, c):
+                known.add(r.text)  # the newcomer is linked to none of its eligible mentors
+            else:
+                by_criterion.setdefault(r.criterion, set()).add(r.text)
+        undecided.append(by_criterion)
+        shared.append(known)
+
+    def narrow(k: int, mentor: Member, breakdown: Mapping[str, float]) -> None:
+        said = statements(c.newcomers[rows[k]], mentor, breakdown, c.weights, undecided[k])
+        for criterion in list(undecided[k]):
+            undecided[k][criterion] &= said
+            if not undecided[k][criterion]:
+                del undecided[k][criterion]
+
+    for k, proposal in enumerate(proposals):
+        for alternative in proposal.alternatives:
+            if not undecided[k]:
+                break
+            narrow(k, c.mentors[c.column[alternative.mentor_id]], alternative.breakdown)
+    # The other eligible mentors, one at a time and only the criteria still undecided (with
+    # the plain one-pair formulas, which equal the matrix to 1e-12), stopping as soon as every
+    # statement of the row is told apart.
+    for k, proposal in enumerate(proposals):
+        if not undecided[k]:
+            continue
+        row = rows[k]
+        usable = c.feasible[row].copy()
+        usable[int(c.chosen[row])] = False
+        usable[[c.column[a.mentor_id] for a in proposal.alternatives]] = False
+        others = np.flatnonzero(usable)
+        newcomer = c.newcomers[row]
+        for j in others[:SHARED_CHECK_LIMIT].tolist():
+            mentor = c.mentors[j]
+            narrow(k, mentor, {name: _ONE_PAIR[name](newcomer, mentor, c) for name in undecided[k]})
+            if not undecided[k]:
+                break
+        if others.size > SHARED_CHECK_LIMIT:
+            undecided[k] = {}  # not every eligible mentor was looked at: keep the statements
+    for k in range(len(rows)):
+        for texts in undecided[k].values():
+            shared[k] |= texts
+    return shared
+
+
+_ONE_PAIR: dict[str, Callable[[Member, Member, _Context], float]] = {
+    "topics": lambda newcomer, mentor, c: topic_score(newcomer, mentor),
+    "population": lambda newcomer, mentor, c: population_score(newcomer, mentor),
+    "geography": lambda newcomer, mentor, c: geography_score(newcomer, mentor),
+    "experience": lambda newcomer, mentor, c: experience_score(mentor, c.today),
+    "network": lambda newcomer, mentor, c: network_score(newcomer.id, mentor.id, c.graph),
+}
+
+
+def _network_shared(row: int, c: _Context) -> bool:
+    """Whether every eligible mentor of the row is unconnected to it in the tandem graph
+    (then "no common link yet" is true of all of them)."""
+    part = c.component.get(c.newcomers[row].id)
+    return part is None or not bool((c.feasible[row] & (c.mentor_component == part)).any())
+
+
+def _why_nots(
+    rows: list[int], proposals: list[PlannedProposal], c: _Context
+) -> list[tuple[Alternative, ...]]:
+    """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``);
+    the rivals' scores come from two vectorised calls."""
+    m = len(c.mentors)
+    holders = np.bincount(c.chosen[c.chosen >= 0], minlength=m)
+    first = np.full(m, -1, dtype=np.int_)
+    planned = np.flatnonzero(c.chosen >= 0)
+    # newcomers are ordered by id: the first holder of a mentor is the smallest row.
+    first[c.chosen[planned[::-1]]] = planned[::-1]
+    cells = [
+        (k, n, c.column[a.mentor_id])
+        for k, p in enumerate(proposals)
+        for n, a in enumerate(p.alternatives)
+        if holders[c.column[a.mentor_id]] > 0
+    ]
+    rival_rows = np.array([first[col] for _, _, col in cells], dtype=np.int_)
+    rival_cols = np.array([col for _, _, col in cells], dtype=np.int_)
+    own_cols = np.array([int(c.chosen[rows[k]]) for k, _, _ in cells], dtype=np.int_)
+    rival_scores = c.scores.cells(rival_rows, rival_cols).tolist() if cells else []
+    swappable = c.feasible[rival_rows, own_cols] if cells else np.zeros(0, dtype=np.bool_)
+    swaps = c.scores.cells(rival_rows, own_cols).tolist() if cells else []
+    rivals: dict[tuple[int, int], Rival] = {}
+    for index, (k, n, col) in enumerate(cells):
+        r = int(rival_rows[index])
+        rivals[(k, n)] = Rival(
+            name=c.newcomers[r].name, score=rival_scores[index],
+            swap=swaps[index] if swappable[index] else None,
+            full=int(holders[col]) >= int(c.capacity[col]),
+            fixed=c.mentors[col].id in c.newcomers[r].wishes,
+        )  # fmt: skip
+    result = []
+    for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
+        listed = []
+        for n, a in enumerate(p.alternatives):
+            rival = rivals.get((k, n))
+            sentence = why_not(
+                p.score, p.breakdown, a.score, a.breakdown, rival, c.weights,
+                wished=p.wished, pinned=p.pinned, incumbent=bool(c.incumbent[i] == c.chosen[i]),
+            )  # fmt: skip
+            taken_by = c.newcomers[int(first[c.column[a.mentor_id]])].id if rival else None
+            listed.append(Alternative(a.mentor_id, a.score, a.breakdown, sentence, taken_by))
+        result.append(tuple(listed))
+    return result
+
+
+def _wish_sentences(row: int, proposal: PlannedProposal, c: _Context) -> list[str]:
+    """Why the newcomer's wishes are not the proposal (none when one of them is)."""
+    newcomer = c.newcomers[row]
+    if proposal.wished or proposal.mentor_id in newcomer.wishes:
+        return []
+    said = []
+    for wished in newcomer.wishes:
+        member = c.members.get(wished)
+        name = member.name if member else wished
+        k = c.column.get(wished)
+        if member is None or not member.active:
+            said.append(wish_not_possible(name, "inactive"))
+        elif member.joined.year >= newcomer.joined.year or wished == newcomer.id:
+            said.append(wish_not_possible(name, "too_new"))
+        elif (newcomer.id, wished) in c.excluded:
+            said.append(wish_not_possible(name, "excluded"))
+        elif k is None:
+            said.append(wish_not_possible(name, "no_capacity"))
+        else:
+            holders = [c.newcomers[i].name for i in np.flatnonzero(c.chosen == k).tolist()]
+            if holders:
+                said.append(wish_taken(name, holders))
+            else:
+                said.append(wish_not_possible(name, "no_capacity"))
+    return said
 
 
 # --- from plan to proposal changes ---------------------------------------------------------

@@ -1,0 +1,33 @@
+"""member wishes and estimated fields
+
+Revision ID: matcher_0006
+Revises: matcher_0005
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "matcher_0006"
+down_revision: str | Sequence[str] | None = "matcher_0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Add the wishes and estimated columns (both empty lists for existing members)."""
+    with op.batch_alter_table("matcher_members", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("wishes", sa.JSON(), server_default=sa.text("'[]'"), nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column("estimated", sa.JSON(), server_default=sa.text("'[]'"), nullable=False)
+        )
+
+
+def downgrade() -> None:
+    """Drop them again."""
+    with op.batch_alter_table("matcher_members", schema=None) as batch_op:
+        batch_op.drop_column("estimated")
+        batch_op.drop_column("wishes")

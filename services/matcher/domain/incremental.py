@@ -605,6 +605,12 @@ class _State:
         if row.out or row.pinned is not None:
             row.incumbent = mentor_id
             return False
+        if row.col is not None and row.col == mentor_id:
+            # The usual case after a plan: its mentor becomes the incumbent. Its cell gains
+            # the bonus and the price with it; no other cell gains, so every slack stays.
+            row.incumbent = mentor_id
+            row.u += INCUMBENT_TOLERANCE
+            return False
         before = row.key(row.col) if row.col is not None else 0.0
         row.incumbent = mentor_id
         if row.col is not None:

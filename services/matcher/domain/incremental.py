@@ -125,17 +125,22 @@ class _Col:
         return len(self.rows) >= self.capacity
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Inputs:
     """The inputs of the last plan, to compare the next ones with."""
 
-    members: dict[str, Member]
+    member_list: list[Member]
     tandems: list[Tandem]
     pending: dict[str, str]
     excluded: frozenset[Pair]
     pinned: dict[str, str]
     weights: Weights
     today: dt.date
+    members: dict[str, Member] = field(default_factory=dict)  # by id, filled by the state
+
+    def index(self) -> None:
+        """Fill ``members`` from ``member_list``."""
+        self.members = {x.id: x for x in self.member_list}
 
 
 @dataclass
@@ -177,7 +182,7 @@ class IncrementalPlanner:
     ) -> Plan:
         """The plan for these inputs (see ``planning.plan_tandems``)."""
         inputs = _Inputs(
-            members={x.id: x for x in members},
+            member_list=list(members),
             tandems=list(tandems),
             pending=dict(pending),
             excluded=frozenset(rejected | forbidden),
@@ -233,6 +238,7 @@ class _State:
         self.graph: nx.Graph = nx.Graph()
         self.had_tandem: set[str] = set()
         self.running: Counter[str] = Counter()
+        self.row_years: Counter[int] = Counter()  # joining years of the rows (newcomers)
         self.excluded_of: dict[str, set[str]] = {}
         self.mentor_list: list[Member] = []
         self.mentor_index: dict[str, int] = {}
@@ -249,8 +255,9 @@ class _State:
     @staticmethod
     def build(inputs: _Inputs) -> _State:
         """The state of a full plan of ``inputs``."""
+        inputs.index()
         state = _State(inputs)
-        members = list(inputs.members.values())
+        members = inputs.member_list
         state.graph = tandem_graph(inputs.tandems)
         state.had_tandem = {t.newcomer_id for t in inputs.tandems}
         state.running = Counter(t.mentor_id for t in inputs.tandems if t.is_running(inputs.today))
@@ -317,6 +324,7 @@ class _State:
             if pins[i] >= 0:
                 row.pinned = mentors[int(pins[i])].id
             state.rows[newcomer.id] = row
+            state.row_years[newcomer.joined.year] += 1
             for mentor_id in row.scores:
                 state.cols[mentor_id].listed_by.add(newcomer.id)
         state.dirty = set(state.rows)
@@ -343,10 +351,7 @@ class _State:
             return False
         if new.pinned != old.pinned:
             return False
-        changed = {
-            i for i, x in new.members.items() if (y := old.members.get(i)) is not x and y != x
-        }
-        changed.update(i for i in old.members if i not in new.members)
+        changed = self._changed_members(old, new)
         tandems_changed = new.tandems != old.tandems
         graph = self.graph
         if tandems_changed:
@@ -367,11 +372,14 @@ class _State:
             return False
         # The rows (newcomers) and columns (mentors with capacity) after the change.
         row_now = {i: self._is_newcomer(new.members.get(i)) for i in changed}
-        newcomer_years = [
-            r.member.joined.year for i, r in self.rows.items() if row_now.get(i, True)
-        ]
-        newcomer_years += [new.members[i].joined.year for i, now in row_now.items() if now]
-        latest = max(newcomer_years) if newcomer_years else None
+        years = self.row_years.copy()
+        for i, now in row_now.items():
+            row = self.rows.get(i)
+            if row is not None:
+                years[row.member.joined.year] -= 1
+            if now:
+                years[new.members[i].joined.year] += 1
+        latest = max((y for y, count in years.items() if count > 0), default=None)
         if latest != self.latest:
             return False
         if tandems_changed and (graph.edges != self.graph.edges):
@@ -457,10 +465,9 @@ class _State:
         # 7. Incumbents (pending proposals) that changed.
         old_pending, new_pending = old.pending, new.pending
         if old_pending != new_pending:
-            for i in set(old_pending) | set(new_pending):
-                if old_pending.get(i) != new_pending.get(i) and i in self.rows:
-                    if self._set_incumbent(i, new_pending.get(i)):
-                        entering.add(i)
+            for i in sorted({i for i, _ in old_pending.items() ^ new_pending.items()}):
+                if i in self.rows and self._set_incumbent(i, new_pending.get(i)):
+                    entering.add(i)
         # 8. New rows, and every row taken out, enter (in id order: deterministic).
         fresh = sorted(i for i, now in row_now.items() if now and i not in self.rows)
         self._new_rows(fresh, new)
@@ -479,6 +486,29 @@ class _State:
         self._check_touched()
         self._explain()
         return True
+
+    @staticmethod
+    def _changed_members(old: _Inputs, new: _Inputs) -> set[str]:
+        """Ids of members that joined, changed or left; fills ``new.members``.
+
+        Usually the list is the last one (the very same member objects, which the matcher's
+        member cache keeps) plus a few at its end: then only those are looked at, and the last
+        index is taken over. Otherwise every member is compared."""
+        before, after = old.member_list, new.member_list
+        count = len(before)
+        if len(after) >= count and after[:count] == before:  # identity first: a C loop
+            tail = after[count:]
+            if not any(x.id in old.members for x in tail):
+                new.members = old.members
+                old.members = {}
+                for x in tail:
+                    new.members[x.id] = x
+                return {x.id for x in tail}
+        new.index()
+        current, last = new.members, old.members or {x.id: x for x in before}
+        changed = {i for i, x in current.items() if (y := last.get(i)) is not x and y != x}
+        changed.update(i for i in last if i not in current)
+        return changed
 
     @staticmethod
     def _too_short(row: _Row) -> bool:
@@ -539,6 +569,7 @@ class _State:
         """Row ``i`` leaves for good."""
         self._take_out(i)
         row = self.rows.pop(i)
+        self.row_years[row.member.joined.year] -= 1
         for j in row.scores:
             col = self.cols.get(j)
             if col is not None:
@@ -630,12 +661,15 @@ class _State:
         members = [new.members[i] for i in ids]
         for i, member in zip(ids, members, strict=True):
             self.rows[i] = _Row(member, {}, -_INF)
+            self.row_years[member.joined.year] += 1
             incumbent = new.pending.get(i)
             self.rows[i].incumbent = incumbent
         self._rescore(ids)
 
     def _rescore(self, ids: list[str], width: int = SHORTLIST) -> None:
         """(Re)list the rows' ``width`` best feasible mentors from a full row of scores each."""
+        if not ids:
+            return
         if not self.mentor_list:
             for i in ids:
                 row = self.rows[i]
@@ -956,21 +990,24 @@ class _State:
         if not planned:
             return
         members = [self.rows[i].member for i in planned]
-        index = self.mentor_index
-        cell_rows: list[int] = []
-        cell_cols: list[int] = []
-        counts: list[int] = []
-        for k, i in enumerate(planned):
+        wanted: list[list[str]] = []
+        for i in planned:
             entry = self.rows[i]
             chosen = entry.pinned if entry.pinned is not None else entry.col
             assert chosen is not None
             # Best first, equal scores by mentor id (the column order of a full plan).
             others = sorted((-s, j) for j, s in entry.scores.items() if j != chosen)
-            listed = [chosen, *(j for _, j in others[:ALTERNATIVES])]
-            cell_rows += [k] * len(listed)
-            cell_cols += [index[j] for j in listed]
-            counts.append(len(listed))
-        scores = score_matrix(members, self.mentor_list, self.weights, self.today, self.graph)
+            wanted.append([chosen, *(j for _, j in others[:ALTERNATIVES])])
+        # Few proposals (an incremental plan): score against just their mentors.
+        mentors = self.mentor_list
+        needed = {j for listed in wanted for j in listed}
+        if 8 * len(needed) < len(mentors):
+            mentors = [self.cols[j].member for j in sorted(needed)]
+        index = {x.id: k for k, x in enumerate(mentors)}
+        cell_rows = [k for k, listed in enumerate(wanted) for _ in listed]
+        cell_cols = [index[j] for listed in wanted for j in listed]
+        counts = [len(listed) for listed in wanted]
+        scores = score_matrix(members, mentors, self.weights, self.today, self.graph)
         parts = scores.breakdowns(
             np.array(cell_rows, dtype=np.int_), np.array(cell_cols, dtype=np.int_)
         )
@@ -979,7 +1016,7 @@ class _State:
         )
         for i, member, count in zip(planned, members, counts, strict=True):
             j, score, breakdown = next(cells)
-            mentor = self.mentor_list[j]
+            mentor = mentors[j]
             self.proposals[i] = PlannedProposal(
                 newcomer_id=i,
                 mentor_id=mentor.id,
@@ -987,7 +1024,7 @@ class _State:
                 breakdown=breakdown,
                 reasons=explain_pair(member, mentor, breakdown, self.weights),
                 alternatives=tuple(
-                    Alternative(self.mentor_list[k].id, value, parts_of)
+                    Alternative(mentors[k].id, value, parts_of)
                     for k, value, parts_of in islice(cells, count - 1)
                 ),
                 pinned=self.rows[i].pinned is not None,
@@ -995,7 +1032,7 @@ class _State:
 
     def _unmatched_reason(self, row: _Row) -> str:
         if self._years is None:
-            members = self.inputs.members.values()
+            members = self.inputs.member_list
             active = np.sort(np.fromiter((x.joined.year for x in members if x.active), np.int_))
             self._years = (active, np.sort(self.mentor_years))
         active_years, mentor_years = self._years

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.member import STATES
+from services.matcher.domain import incremental
 from services.matcher.domain.assignment import INCUMBENT_TOLERANCE
 from services.matcher.domain.incremental import IncrementalPlanner
 from services.matcher.domain.model import Member, Pair, Tandem
@@ -156,7 +158,8 @@ def assert_same_optimum(inc: Plan, full: Plan, pending: dict[str, str]) -> None:
 
 def run_sequence(seed: int, actions: list[int], newcomers: int, mentors: int) -> IncrementalPlanner:
     world = World(seed, newcomers, mentors)
-    planner = IncrementalPlanner(verify_every=1)
+    # Incremental however crowded (the service leaves crowded networks to plan_tandems).
+    planner = IncrementalPlanner(verify_every=1, crowded_share=math.inf)
     for action in [-1, *actions]:
         if action >= 0:
             world.change(action)
@@ -245,3 +248,30 @@ def test_an_inconsistent_state_falls_back_to_a_full_plan() -> None:
     plan = planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY)
     assert planner.stats.fallbacks == 1 and planner.stats.last == "fallback"
     assert_same_optimum(plan, plan_tandems(*world.args(), DEFAULT_WEIGHTS, TODAY), world.pending)
+
+
+def test_crowded_networks_are_left_to_plan_tandems() -> None:
+    # More newcomers than places: one compiled solve beats many augmenting paths.
+    world = World(13, newcomers=30, mentors=10)
+    planner = IncrementalPlanner()
+    plan = planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY)
+    assert planner._state is None and planner.stats.last == "full"
+    assert_same_optimum(plan, plan_tandems(*world.args(), DEFAULT_WEIGHTS, TODAY), world.pending)
+
+
+def test_paths_over_budget_end_in_a_full_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(17, newcomers=30, mentors=100)
+    planner = IncrementalPlanner(verify_every=1)
+    world.adopt(planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY))
+    monkeypatch.setattr(incremental, "UPDATE_BUDGET", 0)
+    monkeypatch.setattr(incremental, "BUILD_BUDGET_PER_ROW", 0)
+    for _ in range(3):
+        world.change(0)
+        plan = planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY)
+        assert planner.stats.last == "full" and planner.stats.fallbacks == 0
+        assert_same_optimum(
+            plan, plan_tandems(*world.args(), DEFAULT_WEIGHTS, TODAY), world.pending
+        )
+        world.adopt(plan)
+    # The build ran out of budget too: plan_tandems alone for a while, then it tries again.
+    assert planner._state is None and planner._cooldown == incremental.COOLDOWN - 2

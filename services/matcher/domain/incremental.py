@@ -70,6 +70,7 @@ from services.matcher.domain.planning import (
     _unmatched_reason,
     free_capacity,
     newcomers_of,
+    plan_tandems,
 )
 from services.matcher.domain.scoring import Weights, score_matrix
 
@@ -82,6 +83,23 @@ _INF = math.inf
 
 class Inconsistent(RuntimeError):
     """The incremental state broke one of its invariants (the planner then rebuilds)."""
+
+
+class _TooCostly(Exception):
+    """The augmenting paths explore more than their budget: the problem is crowded (more
+    newcomers than places, or everyone wants the same few mentors), where one solve of the
+    whole problem by ``plan_tandems`` (compiled solvers) is cheaper than many paths."""
+
+
+#: Cells an update may scan in its augmenting paths before it gives up for a full plan.
+UPDATE_BUDGET = 200_000
+#: And a build, per row (plus the update budget).
+BUILD_BUDGET_PER_ROW = 64
+#: Plans done by ``plan_tandems`` alone after a build ran out of budget, before the next try.
+COOLDOWN = 10
+#: Incremental planning is kept for networks where the newcomers take at most this share of
+#: the free places: beyond it, many paths are long and one compiled solve is cheaper.
+CROWDED_SHARE = 0.5
 
 
 def _profile(member: Member) -> tuple[object, ...]:
@@ -159,12 +177,15 @@ class IncrementalPlanner:
     Thread-safe (one plan at a time). ``plan(..., full=True)`` forces a rebuild.
     """
 
-    def __init__(self, verify_every: int = 0) -> None:
+    def __init__(self, verify_every: int = 0, crowded_share: float = CROWDED_SHARE) -> None:
         #: Check every invariant of the whole state after every n-th incremental plan (0:
         #: only the rows and columns a change touched); tests use 1.
         self.verify_every = verify_every
+        #: Newcomers per free place beyond which plans are left to ``plan_tandems``.
+        self.crowded_share = crowded_share
         self.stats = PlannerStats()
         self._state: _State | None = None
+        self._cooldown = 0
         self._lock = threading.Lock()
 
     def plan(
@@ -194,29 +215,41 @@ class IncrementalPlanner:
             state = self._state
             if state is not None and not full:
                 try:
-                    updated = state.update(inputs)
-                    if updated:
+                    state.budget = UPDATE_BUDGET
+                    if state.update(inputs):
                         self.stats.incremental += 1
                         self.stats.last = "incremental"
                         if self.verify_every and self.stats.incremental % self.verify_every == 0:
                             state.verify()
                         return state.result()
+                except _TooCostly:
+                    pass
                 except Exception:
                     log.warning("incremental plan inconsistent; planning in full", exc_info=True)
+                    self._state = None
+                    plan = self._rebuild(inputs)
                     self.stats.fallbacks += 1
                     self.stats.last = "fallback"
-                    self._state = None
-                    return self._rebuild(inputs, count=False)
+                    return plan
             return self._rebuild(inputs)
 
-    def _rebuild(self, inputs: _Inputs, count: bool = True) -> Plan:
+    def _rebuild(self, inputs: _Inputs) -> Plan:
+        """A full plan; it keeps the state for the next one unless that is too costly."""
         self._state = None
-        state = _State.build(inputs)
-        self._state = state
         self.stats.full += 1
-        if count:
-            self.stats.last = "full"
-        return state.result()
+        self.stats.last = "full"
+        if self._cooldown > 0:
+            self._cooldown -= 1
+        else:
+            try:
+                self._state = _State.build(inputs, self.crowded_share)
+                return self._state.result()
+            except _TooCostly as crowded:
+                self._cooldown = COOLDOWN if crowded.args else 0
+        return plan_tandems(
+            inputs.member_list, inputs.tandems, inputs.pending, set(inputs.excluded), set(),
+            inputs.pinned, inputs.weights, inputs.today,
+        )  # fmt: skip
 
     def verify(self) -> None:
         """Check every invariant of the kept state (raises ``Inconsistent``)."""
@@ -248,15 +281,18 @@ class _State:
         self.dropped: dict[str, str] = {}
         self.dirty: set[str] = set()  # rows whose proposal must be rebuilt
         self.touched_cols: set[str] = set()
+        self.budget = UPDATE_BUDGET  # cells the augmenting paths may still scan
+        self.crowded_share = CROWDED_SHARE
         self._years: tuple[NDArray[np.int_], NDArray[np.int_]] | None = None
 
     # --- building from scratch ----------------------------------------------------------------
 
     @staticmethod
-    def build(inputs: _Inputs) -> _State:
-        """The state of a full plan of ``inputs``."""
+    def build(inputs: _Inputs, crowded_share: float = CROWDED_SHARE) -> _State:
+        """The state of a full plan of ``inputs``; ``_TooCostly`` where it does not pay."""
         inputs.index()
         state = _State(inputs)
+        state.crowded_share = crowded_share
         members = inputs.member_list
         state.graph = tandem_graph(inputs.tandems)
         state.had_tandem = {t.newcomer_id for t in inputs.tandems}
@@ -281,6 +317,9 @@ class _State:
         pins, state.dropped = _pins(
             newcomers, active, column, capacity, feasible, inputs.pinned, excluded, too_new
         )
+        if state.crowded(int(np.count_nonzero(pins < 0)), int(capacity.sum() - (pins >= 0).sum())):
+            raise _TooCostly()  # plan_tandems' solvers are cheaper here
+        state.budget = UPDATE_BUDGET + BUILD_BUDGET_PER_ROW * len(newcomers)
         scores = score_matrix(
             newcomers, mentors, inputs.weights, inputs.today, state.graph,
             shortlist=SHORTLIST, feasible=feasible,
@@ -387,6 +426,10 @@ class _State:
             if any(i in graph or i in self.graph for i in waiting):
                 return False  # a waiting newcomer's network criterion may change
         if len(self.rows) + sum(row_now.values()) + 2 > self.big / 2:
+            return False
+        if self.crowded(
+            sum(row_now.values()) + len(self.rows), sum(c.capacity for c in self.cols.values())
+        ):
             return False
         self.graph = graph
         self.inputs = new
@@ -722,6 +765,15 @@ class _State:
 
     # --- the shortest augmenting paths ---------------------------------------------------------
 
+    def crowded(self, newcomers: int, places: int) -> bool:
+        """Whether the network is too crowded for incremental planning to pay."""
+        return newcomers > self.crowded_share * places
+
+    def _spend(self, cells: int) -> None:
+        self.budget -= cells
+        if self.budget < 0:
+            raise _TooCostly("crowded")
+
     def _slack(self, row: _Row, j: str) -> float:
         return row.u + self.cols[j].v - self.big - row.key(j)
 
@@ -742,9 +794,15 @@ class _State:
                         later.add(r)
             queue = sorted(later)
             # Longer lists each time a row fails again (as the solver's candidate lists grow),
-            # up to every feasible mentor, which never fails.
+            # up to every feasible mentor, which never fails. A full row costs like scanning
+            # a share of its cells.
+            widths: dict[int, list[str]] = {}
             for i in queue:
-                self._rescore([i], max(SHORTLIST, len(self.rows[i].scores)) * 4)
+                width = max(SHORTLIST, len(self.rows[i].scores)) * 4
+                widths.setdefault(width, []).append(i)
+            for width, group in sorted(widths.items()):
+                self._spend(len(group) * (len(self.mentor_list) // 16 + 1))
+                self._rescore(group, width)
 
     def _add_row(self, s: str) -> list[str]:
         """Row ``s`` enters: shortest augmenting path from it over the reduced costs (the
@@ -752,6 +810,7 @@ class _State:
         row = self.rows[s]
         row.out = False
         self.dirty.add(s)
+        self._spend(len(row.scores))
         big, cols, rows = self.big, self.cols, self.rows
         best, best_j = 0.0, ""
         for j in row.scores:
@@ -773,6 +832,7 @@ class _State:
         def scan(i: str, base: float) -> None:
             r = rows[i]
             done_rows[i] = base
+            self._spend(len(r.scores))
             for j, score in r.scores.items():
                 if j in done_cols:
                     continue
@@ -858,6 +918,7 @@ class _State:
         def scan(j: str, base: float) -> None:
             c = cols[j]
             done_cols[j] = base
+            self._spend(len(c.listed_by))
             # The rows on a reached column share its distance (their chosen cells stay tight
             # when the prices move); the heap holds nothing shorter, so it is theirs.
             for i in c.rows:

@@ -173,7 +173,7 @@ def run_sequence(seed: int, actions: list[int], newcomers: int, mentors: int) ->
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )  # fmt: skip
 @given(
     seed=st.integers(0, 10**6),

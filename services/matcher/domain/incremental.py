@@ -10,7 +10,10 @@ rejected pair removes a cell. The assignment is then repaired from the previous 
 shortest augmenting paths over the reduced costs (the dynamic Hungarian algorithm, Mills-Tettey,
 Stentz and Dias, 2007), and reasons and alternatives are built only for the proposals that are
 new or changed. A change of weights or of the day, pins, a new newcomer cohort year, or tandem
-changes that touch a waiting newcomer's network, rebuild the state: a full plan.
+changes that touch a waiting newcomer's network, rebuild the state: a full plan. Crowded
+networks (more newcomers than ``CROWDED_SHARE`` of the free places) and updates whose paths
+exceed ``UPDATE_BUDGET`` are planned by ``plan_tandems`` instead (long paths; one compiled solve
+is cheaper there).
 
 The problem (as ``assignment.solve_assignment``): maximise first the number of matched
 newcomers, then the sum of scores plus ``INCUMBENT_TOLERANCE`` per newcomer that keeps its

@@ -256,8 +256,8 @@ def bench(
         list[str] | None,
         typer.Option(
             "--only",
-            help="Run only this part (repeatable): assignment, baselines, pipeline, registry, "
-            "memory.",
+            help="Run only this part (repeatable): assignment, baselines, incremental, "
+            "pipeline, registry, memory.",
         ),
     ] = None,
 ) -> None:

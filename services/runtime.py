@@ -66,6 +66,8 @@ class Node:
             update: dict[str, object] = {"broker": self.broker.bootstrap}
             if settings.kafka_session_timeout_ms is None:
                 update["kafka_session_timeout_ms"] = 1500
+            if settings.kafka_fetch_max_wait_ms is None:
+                update["kafka_fetch_max_wait_ms"] = 20
             settings = settings.model_copy(update=update)
             self.settings = settings
         with contextlib.suppress(Exception):  # absent broker: consumers create them later

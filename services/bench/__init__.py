@@ -3,8 +3,8 @@
 Every figure is the median of several runs in this one process run, next to its reference
 measured in the same run (``linear_sum_assignment`` alone, the bare broker), so the ratio holds
 on a noisy machine. Modules: ``synthetic`` (the deterministic network), ``assignment``,
-``pipeline``, ``registry``, ``memory`` (each one area), ``harness`` (broker, service
-subprocesses, topic taps), ``report`` (targets and the table).
+``incremental``, ``pipeline``, ``registry``, ``memory`` (each one area), ``harness`` (broker,
+service subprocesses, topic taps), ``report`` (targets and the table).
 
 Set ``TANDEM_BENCH_PYSPY=DIR`` to record a py-spy profile of every service subprocess into DIR.
 """
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.bench import assignment, memory, pipeline, registry
+from services.bench import assignment, incremental, memory, pipeline, registry
 from services.bench.report import check_targets
 
 #: The parts of ``tandem bench``, in the order they run.
-PARTS = ("assignment", "baselines", "pipeline", "registry", "memory")
+PARTS = ("assignment", "baselines", "incremental", "pipeline", "registry", "memory")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Sizes:
 
     assignment: tuple[tuple[int, int], ...]
     baselines: tuple[int, int]
+    incremental: tuple[int, int]  # (experienced members, waiting newcomers)
     events: int
     existing_members: int
     steady_joins: int
@@ -45,6 +46,7 @@ class Sizes:
 FULL = Sizes(
     assignment=((25, 120), (200, 1_000), (2_000, 10_000)),
     baselines=(100, 500),
+    incremental=(10_000, 2_000),
     events=10_000,
     existing_members=1_000,
     steady_joins=500,  # ten seconds at 50 joins/s
@@ -57,6 +59,7 @@ FULL = Sizes(
 QUICK = Sizes(
     assignment=((25, 120), (200, 1_000)),
     baselines=(30, 150),
+    incremental=(2_000, 400),
     events=2_000,
     existing_members=1_000,
     steady_joins=250,
@@ -70,6 +73,7 @@ QUICK = Sizes(
 TINY = Sizes(
     assignment=((10, 40),),
     baselines=(8, 20),
+    incremental=(200, 40),
     events=150,
     existing_members=200,
     steady_joins=25,
@@ -130,6 +134,10 @@ async def run_bench(
     if "baselines" in parts:
         progress(f"baselines {sizes.baselines[0]:,} x {sizes.baselines[1]:,} (networkx is slow)")
         results["baselines"] = assignment.baselines(*sizes.baselines, repeat)
+    if "incremental" in parts:
+        members, waiting = sizes.incremental
+        progress(f"incremental: one join into {members:,} members with {waiting:,} waiting")
+        results["incremental"] = incremental.run(members, waiting, repeat)
     if "pipeline" in parts:
         progress(
             f"pipeline: {sizes.events:,} joins vs {sizes.existing_members:,} members, then "

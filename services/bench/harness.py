@@ -110,6 +110,8 @@ class Service:
             **os.environ,
             "TANDEM_API_TOKENS": f"platform:{PLATFORM_TOKEN},staff:{STAFF_TOKEN}:Bench",
             "TANDEM_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+            # The services run on the embedded broker here, as `tandem up` configures it.
+            "TANDEM_KAFKA_FETCH_MAX_WAIT_MS": "20",
             "TANDEM_LOG_LEVEL": "WARNING",
             **self.extra_env,
         }

@@ -80,6 +80,10 @@ TARGETS = (
            lambda r: _size(r, 2000, 10000, "seconds"), "< 2 s"),
     Target("assignment 2,000 x 10,000 / LSA alone", 3.0, True, "x",
            lambda r: _size(r, 2000, 10000, "ratio_to_lsa"), "<= 3x", inclusive=True),
+    Target("incremental: one join", 50.0, True, "ms",
+           lambda r: r["incremental"]["join_plan_ms"], "< 50 ms"),
+    Target("incremental: one join / full re-plan", 0.10, True, "%",
+           lambda r: r["incremental"]["ratio"], "<= 10 %", inclusive=True),
     Target("pipeline throughput / bare broker", 0.25, False, "%",
            lambda r: r["pipeline"]["ratio"], ">= 25 %"),
     Target("pipeline latency p99 at 50 joins/s", 250.0, True, "ms",
@@ -134,6 +138,13 @@ def table(results: dict[str, Any]) -> Table:
             row(f"baseline {size}: {label}",
                 f"{fmt(b[f'{name}_seconds'], 's')}, total {b[f'{name}_total']:.3f}",
                 f"{b[f'{name}_matched']} matched")  # fmt: skip
+    if "incremental" in results:
+        n = results["incremental"]
+        row(f"incremental: one join into {n['members']:,} members, {n['waiting']:,} waiting",
+            fmt(n["join_plan_ms"], "ms"), f"full re-plan {fmt(n['full_plan_ms'], 'ms')}",
+            key="incremental: one join")  # fmt: skip
+        row("incremental: one join / full re-plan", fmt(n["ratio"], "%"),
+            "same optimum" if n["same_optimum"] else "DIFFERENT OPTIMUM")  # fmt: skip
     if "pipeline" in results:
         p = results["pipeline"]
         row(f"pipeline: {p['events']:,} joins vs {p['existing_members']:,} members",

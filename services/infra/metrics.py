@@ -25,6 +25,14 @@ SOLVE_SECONDS = Histogram(
     "Duration of a joint re-solve (scoring, assignment, explanations, writing).",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PLANS = Counter(
+    "tandem_plans",
+    "Plans by kind: incremental (repaired from the last plan), full (first plan, new weights "
+    "or day, pins) or fallback (the incremental state was inconsistent; planned in full).",
+    ["kind"],
+)
+for _kind in ("incremental", "full", "fallback"):
+    PLANS.labels(_kind)
 PROPOSALS = Gauge("tandem_proposals", "Tandem proposals by status.", ["status"])
 ADVICE_REQUESTS = Counter(
     "tandem_advice_requests", "Collegial-advice requests answered, by source.", ["source"]
@@ -45,6 +53,7 @@ METRIC_NAMES = (
     "tandem_outbox_backlog",
     "tandem_outbox_parked_total",
     "tandem_solve_seconds",
+    "tandem_plans_total",
     "tandem_proposals",
     "tandem_advice_requests_total",
     "tandem_consumer_lag",

@@ -85,8 +85,8 @@ class CommonSettings(BaseSettings):
         default=None,
         ge=1,
         le=60_000,
-        description="How long a consumer's fetch may wait for records; unset: 500 (20 on the "
-        "embedded broker measured worse: smaller batches, more re-plans).",
+        description="How long a consumer's fetch may wait for records; unset: 500, or 20 on the "
+        "embedded broker (which answers a waiting fetch only when the wait is over).",
     )
     outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
     outbox_poll_seconds: float = Field(
@@ -143,10 +143,10 @@ class MatcherSettings(CommonSettings):
 
     tandem_months: int = Field(default=12, ge=1, le=120, description="How long a tandem runs.")
     solve_debounce_ms: int = Field(
-        default=50, ge=0, le=10_000, description="Quiet time that coalesces a burst into a solve."
+        default=10, ge=0, le=10_000, description="Quiet time that coalesces a burst into a solve."
     )
     solve_max_delay_ms: int = Field(
-        default=500, ge=0, le=60_000, description="Longest a change waits for its solve."
+        default=100, ge=0, le=60_000, description="Longest a change waits for its solve."
     )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."

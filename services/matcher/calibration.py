@@ -22,6 +22,7 @@ from services.infra.outbox import utcnow
 from services.matcher import tables
 from services.matcher import weights as weights_store
 from services.matcher.domain.calibration import Agreement, Decision, calibrate
+from services.matcher.domain.incremental import IncrementalPlanner
 from services.matcher.domain.scoring import Weights
 from services.matcher.resolve import _Outcome, _plan, load_state, record_outcome, take_lock
 from services.matcher.service import MatcherService
@@ -92,7 +93,9 @@ async def _replan(
     query = select(p.c.proposal_id, p.c.score).where(p.c.status == "pending")
     rows = (await connection.execute(query)).mappings().all()
     scores = {str(r["proposal_id"]): float(r["score"]) for r in rows}
-    outcome = await asyncio.to_thread(_plan, state, weights, today, now)
+    # A planner of its own, planning in full: the preview leaves the matcher's planner as it
+    # is, and adoption (the same code) plans exactly what the preview showed.
+    outcome = await asyncio.to_thread(_plan, state, weights, today, now, IncrementalPlanner())
     replaced = {row["supersedes"] for row in outcome.proposals if row["supersedes"]}
     changes: list[dict[str, Any]] = []
     for row in outcome.proposals:

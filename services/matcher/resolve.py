@@ -19,10 +19,12 @@ from sqlalchemy import String, delete, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Alternative, TandemProposed, Topics, make_event
+from services.infra.metrics import PLANS
 from services.infra.outbox import outbox_row, utcnow
 from services.matcher import tables
+from services.matcher.domain.incremental import IncrementalPlanner
 from services.matcher.domain.model import Member, Tandem
-from services.matcher.domain.planning import Plan, plan_tandems, reconcile, unmatched_message
+from services.matcher.domain.planning import Plan, reconcile, unmatched_message
 from services.matcher.domain.scoring import Weights
 from services.matcher.store import domain_member
 from services.matcher.weights import adopted as adopted_weights
@@ -106,6 +108,19 @@ class _MemberCache:
 _CACHES: weakref.WeakKeyDictionary[AsyncEngine, _MemberCache] = weakref.WeakKeyDictionary()
 
 
+#: One incremental planner per database engine: it keeps the last plan's rows, columns and
+#: prices, so that the next solve repairs the plan instead of planning everyone again.
+_PLANNERS: weakref.WeakKeyDictionary[AsyncEngine, IncrementalPlanner] = weakref.WeakKeyDictionary()
+
+
+def planner_of(engine: AsyncEngine) -> IncrementalPlanner:
+    """The engine's incremental planner (created on first use)."""
+    planner = _PLANNERS.get(engine)
+    if planner is None:
+        planner = _PLANNERS[engine] = IncrementalPlanner()
+    return planner
+
+
 async def _members_of(connection: AsyncConnection) -> list[Member]:
     cache = _CACHES.get(connection.engine)
     if cache is None:
@@ -167,10 +182,14 @@ def _plan(
     weights: Weights,
     today: dt.date,
     now: dt.datetime,
+    planner: IncrementalPlanner,
 ) -> _Outcome:  # fmt: skip
-    """Plan (pure CPU work: runs in a worker thread) and build the rows to write."""
+    """Plan (pure CPU work: runs in a worker thread) and build the rows to write.
+
+    The planner repairs its last plan where it can (``domain.incremental``) and plans in full
+    otherwise; either way the plan is optimal for this state."""
     members, tandems, pending, rejected, forbidden, pinned = state
-    plan = plan_tandems(
+    plan = planner.plan(
         members,
         tandems,
         pending={n: m for n, (_, m) in pending.items()},
@@ -180,6 +199,7 @@ def _plan(
         weights=weights,
         today=today,
     )
+    PLANS.labels(planner.stats.last).inc()
     changes = reconcile(plan, pending)
     proposals: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -243,7 +263,7 @@ async def resolve(
         weights = await adopted_weights(connection) or weights  # staff's, above the settings
         state = await load_state(connection, today)
         now = utcnow()
-        outcome = await asyncio.to_thread(_plan, state, weights, today, now)
+        outcome = await asyncio.to_thread(_plan, state, weights, today, now, planner_of(engine))
         await record_outcome(connection, outcome, now)
     plan = outcome.plan
     return SolveResult(

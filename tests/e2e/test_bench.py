@@ -23,6 +23,7 @@ KEYS = {
         "newcomers", "mentors", "ours_seconds", "ours_total", "networkx_seconds",
         "networkx_total", "greedy_seconds", "greedy_total",
     },
+    "incremental": {"members", "waiting", "join_plan_ms", "full_plan_ms", "ratio"},
     "pipeline": {
         "events", "seconds", "events_per_s", "broker_events_per_s", "ratio", "p50_ms", "p99_ms",
     },
@@ -87,3 +88,19 @@ async def test_bench_part_alone_reports_its_figures_and_targets() -> None:
     console = Console(width=160, record=True)
     console.print(table(results))
     assert "assignment 10 x 40" in console.export_text()
+
+
+async def test_bench_incremental_plans_a_join_with_the_full_optimum() -> None:
+    results = await run_bench(TINY, repeat=1, only=["incremental"])
+    figures = results["incremental"]
+    assert (figures["members"], figures["waiting"]) == TINY.incremental
+    assert figures["same_optimum"] is True
+    assert figures["incremental_plans"] == figures["joins"]  # every join repaired, none in full
+    assert 0 < figures["join_plan_ms"] and 0 < figures["full_plan_ms"]
+    assert {c["figure"] for c in results["targets"]} == {
+        "incremental: one join",
+        "incremental: one join / full re-plan",
+    }
+    console = Console(width=160, record=True)
+    console.print(table(results))
+    assert "incremental: one join into 200 members, 40 waiting" in console.export_text()

@@ -37,13 +37,13 @@ import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
+from schemas.geo import great_circle_km_from
 from schemas.member import STATES
 from schemas.topics import topic_label
 from services.matcher.domain.explain import HELPS, REGION_LABELS_DE, german_number, inhabitants
 from services.matcher.domain.model import Member
 from services.matcher.domain.question_words import question_topics
 from services.matcher.domain.scoring import (
-    EARTH_RADIUS_KM,
     FULL_EXPERIENCE_YEARS,
     GEOGRAPHY_ZERO_KM,
     OTHER_REGION_SCORE,
@@ -185,7 +185,7 @@ class _Pool:
     id_rank: IntArray  # position of each member in id order, for tie-breaks
     active: BoolArray
     log_population: FloatArray
-    lat: FloatArray  # radians, nan where unknown
+    lat: FloatArray  # degrees, nan where unknown
     lon: FloatArray
     experience: FloatArray
     # Topic -> which members offer it; filled on demand, since a request names few topics.
@@ -218,8 +218,8 @@ class _Pool:
             id_rank=np.argsort(np.argsort(np.array([m.id for m in ordered], dtype=str))),
             active=features[:, 4] > 0,
             log_population=np.log10(features[:, 0]),
-            lat=np.radians(features[:, 1]),
-            lon=np.radians(features[:, 2]),
+            lat=features[:, 1],
+            lon=features[:, 2],
             experience=np.clip(years / FULL_EXPERIENCE_YEARS, 0.0, 1.0),
         )
 
@@ -344,13 +344,7 @@ def _conditions(pool: _Pool, at: int) -> tuple[FloatArray, FloatArray]:
     decades = np.abs(pool.log_population[at] - pool.log_population)
     population = np.clip(1.0 - decades / POPULATION_ZERO_DECADES, 0.0, None)
 
-    lat1, lon1 = pool.lat[at], pool.lon[at]
-    with np.errstate(invalid="ignore"):
-        hav = (
-            np.sin((pool.lat - lat1) / 2) ** 2
-            + np.cos(lat1) * np.cos(pool.lat) * np.sin((pool.lon - lon1) / 2) ** 2
-        )
-        km = 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(1.0, np.sqrt(hav)))
+    km = great_circle_km_from(float(pool.lat[at]), float(pool.lon[at]), pool.lat, pool.lon)
     geography = np.clip(1.0 - km / GEOGRAPHY_ZERO_KM, 0.0, None)
     blind = np.isnan(km)
     if blind.any():

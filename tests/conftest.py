@@ -1,31 +1,34 @@
-"""Shared fixtures: a real embedded broker, a Tandem node, Kafka helpers."""
+"""Shared fixtures: a real embedded broker, a Tandem node, its settings and API clients.
+
+The helpers (``eventually``, ``member_body``, ``read_topic``, ``group_caught_up``) live in
+``tests/helpers.py`` and are re-exported here."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from services.infra.embedded_broker import EmbeddedBroker
 from services.infra.settings import CommonSettings
 from services.runtime import Node
 
+# Shared helpers live in tests/helpers.py; re-exported here for ``from tests.conftest import``.
+from tests.helpers import eventually as eventually
+from tests.helpers import group_caught_up as group_caught_up
+from tests.helpers import member_body as member_body
+from tests.helpers import read_topic as read_topic
+
 PLATFORM = "platform-token-for-tests"
 STAFF = "staff-token-for-tests"
 COORDINATOR = "coordinator-token-goeppingen"
 TOKENS = f"platform:{PLATFORM},staff:{STAFF}:Erika Staff,coordinator:{COORDINATOR}:goeppingen"
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -119,96 +122,3 @@ async def platform(node: Node) -> AsyncIterator[httpx.AsyncClient]:
         base_url=node.url, headers={"Authorization": f"Bearer {PLATFORM}"}, timeout=30
     ) as client:
         yield client
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def read_topic(
-    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
-) -> list[dict[str, Any]]:
-    """Read ``topic`` from the start until ``until(records)`` holds; each record is
-    ``{"key", "value" (parsed JSON or raw str)}``."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None,
-    )  # fmt: skip
-    await consumer.start()
-    records: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while not until(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out reading {topic}; got {len(records)} records")
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                for message in messages:
-                    raw = message.value.decode() if message.value else ""
-                    try:
-                        value: Any = json.loads(raw)
-                    except ValueError:
-                        value = raw
-                    key = message.key.decode() if message.key else None
-                    records.append({"key": key, "value": value})
-    finally:
-        await consumer.stop()
-    return records
-
-
-def member_body(member_id: str, joined: str, **changes: Any) -> dict[str, Any]:
-    """A valid registration body."""
-    body: dict[str, Any] = {
-        "id": member_id,
-        "name": member_id.replace("-", " ").title(),
-        "kind": "city",
-        "state": "DE-BW",
-        "population": 50_000,
-        "lat": 48.7,
-        "lon": 9.6,
-        "joined": joined,
-        "interests": ["digitalisation"],
-        "strengths": ["digitalisation", "democracy"],
-        "mentor_capacity": 1,
-        "contact": {"name": "Maria Muster", "email": "maria.muster@example.org"},
-        "partners": [
-            {"name": "Bürgerstiftung", "sector": "civil_society"},
-            {"name": "Rathaus", "sector": "administration"},
-            {"name": "Stadtwerke", "sector": "business"},
-        ],
-    }
-    body.update(changes)
-    return body
-
-
-async def group_caught_up(bootstrap: str, group: str, topics: tuple[str, ...]) -> bool:
-    """Whether ``group`` has committed offsets at the end of every partition of ``topics``
-    (an exact, observable 'the consumer has processed everything there is')."""
-    from aiokafka import TopicPartition
-
-    # A consumer with the group id that never subscribes does not join the group: it only
-    # reads the group's committed offsets.
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await probe.start()
-    try:
-        await probe.topics()
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(probe.partitions_for_topic(topic) or set())
-        ]
-        ends = await probe.end_offsets(partitions)
-        for tp in partitions:
-            if ends[tp] and (await probe.committed(tp) or 0) < ends[tp]:
-                return False
-        return True
-    finally:
-        await probe.stop()

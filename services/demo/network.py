@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -195,35 +196,63 @@ def parse_network(
 
 def _member(line: MemberLine, newcomer_year: int | None) -> DemoMember:
     """The demo's registration for ``line``: what the line states, the rest estimated."""
-
-    def fail(problem: str) -> NetworkDataError:
-        return NetworkDataError(f"{line.where}: {problem}", problem)
-
     if line.problems:
-        raise fail("; ".join(message for _field, message in line.problems))
-    given = dict(line.values)
-    member_id = line.member_id or ""
-    name = line.name
-    estimated: list[str] = []
-
+        raise _fail(line, "; ".join(message for _field, message in line.problems))
     join_year = line.join_year
-    if join_year is None:
-        given["joined"] = dt.date(UNKNOWN_JOIN_YEAR, 1, 1).isoformat()
-        estimated.append("joined")
-    elif not 1900 <= join_year <= 9999:
-        raise fail(f"implausible join year {join_year}")
+    if join_year is not None and not 1900 <= join_year <= 9999:
+        raise _fail(line, f"implausible join year {join_year}")
     newcomer = join_year is not None and newcomer_year is not None and join_year >= newcomer_year
+    given = dict(line.values)
+    stated_population = given.get("population")
+    member_id = line.member_id or ""
+    estimated = [
+        *_estimate_joined(given, join_year),
+        *_estimate_population(given),
+        *_estimate_topics(given, member_id, line.topics, newcomer),
+        *_estimate_organisation(given, member_id, line.name),
+    ]
+    given["seeks_tandem"] = newcomer
+    given["estimated"] = [f for f in ESTIMATED_FIELDS if f in estimated]
+    _admit_population(given, stated_population)
+    return DemoMember(
+        registration=_registration(line, given),
+        join_year=join_year,
+        estimated=tuple(f for f in ESTIMATED_FIELDS if f in estimated),
+        source_url=line.source_url,
+        unmapped_tags=line.unmapped_tags,
+        tags=line.tags,
+    )
 
-    given_population = given.get("population")
-    if not given_population:
-        given["population"] = ESTIMATED_POPULATION
-        estimated.append("population")
-    population: int = given["population"]
 
-    topics = list(line.topics)
+def _fail(line: MemberLine, problem: str) -> NetworkDataError:
+    return NetworkDataError(f"{line.where}: {problem}", problem)
+
+
+def _estimate_joined(given: dict[str, Any], join_year: int | None) -> list[str]:
+    """Members whose sources state no year joined in ``UNKNOWN_JOIN_YEAR``."""
+    if join_year is not None:
+        return []
+    given["joined"] = dt.date(UNKNOWN_JOIN_YEAR, 1, 1).isoformat()
+    return ["joined"]
+
+
+def _estimate_population(given: dict[str, Any]) -> list[str]:
+    """``ESTIMATED_POPULATION`` where GeoNames has none."""
+    if given.get("population"):
+        return []
+    given["population"] = ESTIMATED_POPULATION
+    return ["population"]
+
+
+def _estimate_topics(
+    given: dict[str, Any], member_id: str, topics: Sequence[str], newcomer: bool
+) -> list[str]:
+    """The line's topics are a newcomer's interests or an existing member's strengths; where
+    it has none, 2-3 are picked by hash, and 0-1 (newcomers) or 1-2 of the other kind."""
     own = "interests" if newcomer else "strengths"
     other = "strengths" if newcomer else "interests"
-    primary = topics or _pick(member_id, own, _count(member_id, own, 2, 3), exclude=())
+    estimated = []
+    primary = list(topics) or _pick(member_id, own, _count(member_id, own, 2, 3), exclude=())
     if not topics:
         estimated.append(own)
     # Existing members also want to work on something, newcomers may already offer something.
@@ -232,9 +261,14 @@ def _member(line: MemberLine, newcomer_year: int | None) -> DemoMember:
     if secondary:
         estimated.append(other)
     given[own], given[other] = primary, secondary
+    return estimated
 
+
+def _estimate_organisation(given: dict[str, Any], member_id: str, name: str) -> list[str]:
+    """Mentor capacity by size, three partners (one per sector) and a contact address."""
+    estimated = []
     if "mentor_capacity" not in given:
-        given["mentor_capacity"] = 2 if population > 100_000 else 1
+        given["mentor_capacity"] = 2 if given["population"] > 100_000 else 1
         estimated.append("mentor_capacity")
     kind = str(given.get("kind", ""))
     if "partners" not in given:
@@ -254,35 +288,32 @@ def _member(line: MemberLine, newcomer_year: int | None) -> DemoMember:
             "email": f"koordination@{domain}.example",
         }
         estimated.append("contact")
-    given["seeks_tandem"] = newcomer
-    given.pop("wishes", None)  # the demo does not replay wishes
+    return estimated
 
+
+def _admit_population(given: dict[str, Any], stated_population: Any) -> None:
+    """Members are members: a stated population outside the admission rule's range gets the
+    exception reason the rule asks for (unless the line gives one)."""
     if (
-        given_population
-        and not POPULATION_MIN <= given_population <= POPULATION_MAX
+        stated_population
+        and not POPULATION_MIN <= stated_population <= POPULATION_MAX
         and "exception_reason" not in given
     ):
         given["exception_reason"] = (
             "Demo: Mitglied trotz Einwohnerzahl außerhalb 10.000–250.000 "
-            f"(Einwohnerzahl laut Mitgliederdatei: {given_population:,})".replace(",", ".")
+            f"(Einwohnerzahl laut Mitgliederdatei: {stated_population:,})".replace(",", ".")
         )
 
+
+def _registration(line: MemberLine, given: dict[str, Any]) -> MemberRegistration:
+    """``given`` validated; the errors, if any, as one :class:`NetworkDataError`."""
     try:
-        given["estimated"] = [f for f in ESTIMATED_FIELDS if f in estimated]
-        registration = MemberRegistration.model_validate(given)
+        return MemberRegistration.model_validate(given)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()
         )
-        raise fail(problems) from None
-    return DemoMember(
-        registration=registration,
-        join_year=join_year,
-        estimated=tuple(f for f in ESTIMATED_FIELDS if f in estimated),
-        source_url=line.source_url,
-        unmapped_tags=line.unmapped_tags,
-        tags=line.tags,
-    )
+        raise _fail(line, problems) from None
 
 
 def _hash(member_id: str, purpose: str, item: str = "") -> bytes:

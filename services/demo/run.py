@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 
+from schemas.geo import great_circle_km
 from services.demo.network import DemoMember, load_network
 from services.infra.settings import CommonSettings
 from services.runtime import Node
-from services.staff.geo import distance_km
 
 out = Console()
 err = Console(stderr=True)
@@ -384,4 +384,4 @@ def _km(a: DemoMember, b: DemoMember | None) -> str:
     one, two = a.registration, b.registration if b else None
     if two is None or one.lat is None or one.lon is None or two.lat is None or two.lon is None:
         return "?"
-    return f"{distance_km(one.lat, one.lon, two.lat, two.lon):.0f}"
+    return f"{great_circle_km(one.lat, one.lon, two.lat, two.lon):.0f}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 import threading
 import unicodedata
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from schemas.geo import great_circle_km
 from schemas.member import MemberRegistration
 
 __all__ = [
@@ -93,10 +93,7 @@ class Place:
 
     def km_to(self, lat: float, lon: float) -> float:
         """Great-circle distance in kilometres."""
-        p1, p2 = math.radians(self.lat), math.radians(lat)
-        dp, dl = p2 - p1, math.radians(lon - self.lon)
-        h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-        return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
+        return great_circle_km(self.lat, self.lon, lat, lon)
 
 
 class GazetteerError(LookupError):

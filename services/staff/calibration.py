@@ -11,10 +11,10 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
+from schemas.geo import great_circle_km
 from services.matcher import calibration, tables
 from services.matcher import weights as weights_store
 from services.matcher.domain.scoring import CRITERIA
-from services.staff.geo import distance_km
 from services.staff.page import _done, _require, templates
 
 router = APIRouter(include_in_schema=False)
@@ -55,7 +55,7 @@ async def panel(request: Request) -> Response:
             return "kein Vorschlag"
         name = names.get(mentor_id, mentor_id)
         if newcomer_id in places and mentor_id in places:
-            return f"{name} ({distance_km(*places[newcomer_id], *places[mentor_id]):.0f} km)"
+            return f"{name} ({great_circle_km(*places[newcomer_id], *places[mentor_id]):.0f} km)"
         return name
 
     return templates.TemplateResponse(

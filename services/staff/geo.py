@@ -1,4 +1,4 @@
-"""A schematic map of Germany: a hand-made outline, an equirectangular projection, distances.
+"""A schematic map of Germany: a hand-made outline and an equirectangular projection.
 
 No map tiles are reachable from where the service runs, so the staff page draws its own SVG.
 The outline is a simplified polygon of about 110 approximate border and coast points
@@ -61,7 +61,6 @@ ASPECT = math.cos(math.radians(51.0))
 SCALE = 60.0
 WIDTH = round((EAST - WEST) * ASPECT * SCALE, 1)
 HEIGHT = round((NORTH - SOUTH) * SCALE, 1)
-EARTH_RADIUS_KM = 6371.0088
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +81,3 @@ def outline_path() -> str:
     points = [project(lon, lat) for lon, lat in GERMANY_OUTLINE]
     head, *tail = points
     return f"M{head.x},{head.y} " + " ".join(f"L{p.x},{p.y}" for p in tail) + " Z"
-
-
-def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in kilometres (haversine)."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi, dlam = phi2 - phi1, math.radians(lon2 - lon1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))

@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from schemas.geo import great_circle_km
 from schemas.member import STATES
 from schemas.topics import topic_label
 from services.matcher import store, tables
 from services.matcher.service import MatcherService
-from services.staff.geo import Point, distance_km, project
+from services.staff.geo import Point, project
 
 CRITERIA_DE = {
     "topics": "Themen",
@@ -76,7 +77,7 @@ class Overview:
         if one is None or two is None or one.lat is None or two.lat is None:
             return "Entfernung unbekannt"
         assert one.lon is not None and two.lon is not None
-        return f"{distance_km(one.lat, one.lon, two.lat, two.lon):.0f} km"
+        return f"{great_circle_km(one.lat, one.lon, two.lat, two.lon):.0f} km"
 
 
 def german_number(value: int) -> str:

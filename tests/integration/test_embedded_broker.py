@@ -19,7 +19,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from services.infra.embedded_broker import BrokerStartError, EmbeddedBroker, wait_for_kafka
+from services.infra.embedded_broker import BrokerStartError, EmbeddedBroker
+from services.infra.kafka_probe import wait_for_kafka
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
@@ -221,7 +222,8 @@ def test_ctrl_c_reaches_the_parent_only_which_then_stops_the_broker() -> None:
         """
         import signal
         import threading
-        from services.infra.embedded_broker import EmbeddedBroker, wait_for_kafka
+        from services.infra.embedded_broker import EmbeddedBroker
+        from services.infra.kafka_probe import wait_for_kafka
         # A terminal's Ctrl-C raises KeyboardInterrupt; under a runner started in the
         # background (nohup ... &) SIGINT arrives ignored and Python keeps it ignored, so the
         # script would wait forever. Restore what an interactive Python has.

@@ -21,10 +21,10 @@ from services.matcher.domain.advice import (
     AdviceRequest,
     AdviceWeights,
     assign_advisors,
-    question_topics,
     rank_advisors,
 )
 from services.matcher.domain.model import Member
+from services.matcher.domain.question_words import question_topics
 from services.matcher.domain.scoring import (
     distance_km,
     experience_score,

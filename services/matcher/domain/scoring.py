@@ -37,6 +37,7 @@ import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
+from schemas.geo import EARTH_RADIUS_KM, great_circle_km
 from services.matcher.domain.model import Member
 from services.matcher.domain.network import component_labels
 
@@ -58,8 +59,6 @@ FORMER_PARTNERS_SCORE = 0.0
 COMMON_PARTNER_SCORE = 0.25
 CONNECTED_SCORE = 0.5
 UNCONNECTED_SCORE = 1.0
-
-EARTH_RADIUS_KM = 6371.0088
 
 Matrix = NDArray[np.float64]
 Vector = NDArray[np.float64]
@@ -249,12 +248,7 @@ def distance_km(a: Member, b: Member) -> float | None:
     """Great-circle (haversine) distance in km, or ``None`` when a location is unknown."""
     if a.lat is None or a.lon is None or b.lat is None or b.lon is None:
         return None
-    lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
-    hav = (
-        math.sin((lat2 - lat1) / 2) ** 2
-        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(hav)))
+    return great_circle_km(a.lat, a.lon, b.lat, b.lon)
 
 
 def geography_score(newcomer: Member, mentor: Member) -> float:

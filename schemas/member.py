@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from schemas.topics import topic_choices, topic_slug
+from schemas.topics import topic_choices, topic_slug, topic_vocabulary
 
 Kind = Literal["city", "municipality", "district"]
 Region = Literal["north", "east", "south", "west"]
@@ -56,7 +56,8 @@ def region_of(state: str) -> Region:
 
 def _known_topics(values: list[str]) -> list[str]:
     """Slugs or German labels of the vocabulary, as slugs."""
-    slugs = [topic_slug(v) for v in values]
+    vocabulary = topic_vocabulary()
+    slugs = [topic_slug(v, vocabulary) for v in values]
     unknown = [v for v, s in zip(values, slugs, strict=True) if s is None]
     if unknown:
         raise ValueError(

@@ -56,11 +56,12 @@ def topic_vocabulary() -> frozenset[str]:
     return frozenset(TOPICS) | frozenset(added)
 
 
-def topic_slug(value: str) -> str | None:
-    """The slug ``value`` names: a slug of the vocabulary, or the German label of a built-in
-    topic (case and surrounding blanks do not matter, e.g. ``"Digitalisierung"``); ``None`` if
-    it names no topic."""
-    vocabulary = topic_vocabulary()
+def topic_slug(value: str, vocabulary: frozenset[str] | None = None) -> str | None:
+    """The slug ``value`` names: a slug of the vocabulary (default: :func:`topic_vocabulary`),
+    or the German label of a built-in topic (case and surrounding blanks do not matter, e.g.
+    ``"Digitalisierung"``); ``None`` if it names no topic."""
+    if vocabulary is None:
+        vocabulary = topic_vocabulary()
     if value in vocabulary:
         return value
     key = value.strip().casefold()

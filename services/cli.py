@@ -197,7 +197,8 @@ def import_members(
         typer.Argument(
             help="CSV with the columns of services/demo/members.csv plus contact_name, "
             "contact_email, partners (Name|sector;...), mentor_capacity, seeks_tandem, wishes "
-            "(more are ignored); see the README.",
+            "(optional: id, interests, strengths, exception_reason; others are ignored); see "
+            "the README.",
             show_default=False,
         ),
     ],
@@ -212,7 +213,8 @@ def import_members(
         int | None,
         typer.Option(
             "--newcomer-year",
-            help="Members that joined in this year or later seek a tandem (default: none do).",
+            help="Where the file has no seeks_tandem: members that joined in this year or "
+            "later seek a tandem (default: none do).",
         ),
     ] = None,
     exception_reason: Annotated[

@@ -41,7 +41,13 @@ _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class PoisonRecord(ValueError):
-    """A record that cannot be processed; ``str()`` is the reason for its dead letter."""
+    """A record that cannot be processed; ``str()`` is the reason for its dead letter.
+    ``validation`` is the model's error where the record was well-formed JSON of the wrong
+    shape (a consumer may word its dead letter from it, as its HTTP twin would)."""
+
+    def __init__(self, reason: str, validation: ValidationError | None = None) -> None:
+        super().__init__(reason)
+        self.validation = validation
 
 
 def nesting_depth(raw: bytes) -> int:
@@ -90,7 +96,7 @@ def decode_record(topic: str, value: bytes | None, key: bytes | None) -> Envelop
     try:
         envelope = parse_event(topic, raw)
     except ValidationError as error:
-        raise PoisonRecord(validation_reason(error)) from None
+        raise PoisonRecord(validation_reason(error), error) from None
     except ValueError as error:  # a wrong type or an unknown version: the message says which
         raise PoisonRecord(str(error)) from None
     except Exception as error:  # RecursionError, MemoryError's cousins: never block a partition

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from services.registry.admission import (
     AdmissionRefused,
     RuleViolation,
     admission_violations,
+    body_violations,
     check,
     wish_violations,
 )
@@ -48,6 +50,29 @@ class Admitted:
 
     row: dict[str, Any]
     looked_up: tuple[str, ...] = ()
+
+
+def _refusal(poison: PoisonRecord, raw: bytes | None) -> Exception | str:
+    """The dead letter's error for a ``member.admitted`` record that does not parse: for a
+    member the model refuses, the messages ``POST /api/members`` answers with (model errors,
+    then the admission rules its fields break); else the decoder's reason."""
+    error = poison.validation
+    if error is None:
+        return poison
+    errors = error.errors(include_url=False)
+    if not errors or any(not e["loc"] or e["loc"][0] != "data" for e in errors):
+        return poison
+    problems = [(str(e["loc"][1]) if len(e["loc"]) > 1 else "", e) for e in errors]
+    messages = [
+        f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" if field else str(e["msg"])
+        for field, e in problems
+    ]
+    try:
+        data = json.loads(raw or b"").get("data")
+    except (ValueError, RecursionError, AttributeError):
+        data = None
+    messages += map(str, body_violations(data, {field for field, _ in problems if field}))
+    return f"admission refused: {'; '.join(messages)}"
 
 
 class RegistryService:
@@ -172,7 +197,7 @@ class RegistryService:
             envelope = decode_record(record.topic, record.value, record.key)
         except PoisonRecord as error:
             async with self.engine.begin() as connection:
-                letter = dead_letter(record, error, consumer="registry")
+                letter = dead_letter(record, _refusal(error, record.value), consumer="registry")
                 await enqueue_dead_letter(connection, tables.outbox, letter)
             return
         member: MemberRegistration = envelope.data

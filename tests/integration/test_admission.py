@@ -79,6 +79,12 @@ async def test_the_same_invalid_member_is_refused_identically_on_every_way_in(
     (line,) = (await import_rows(platform, rows)).results
     assert list(line.reasons) == both
     assert list(check_locally(rows[0]).reasons) == both
+    await produce(node.settings.broker, "member.admitted", "broken", admitted(broken))
+    dead_letters = await read_topic(
+        node.settings.broker, "member.admitted.dlq", lambda r: len(r) >= 2
+    )
+    (letter,) = [d["value"] for d in dead_letters if d["key"] == "broken"]
+    assert letter["error"] == f"admission refused: {'; '.join(both)}"
 
     # A change is held to the same rules, every broken one named; labels work there too.
     valid = member_body("kleinsthausen", "2024-01-01", name="Kleinsthausen")

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import generate
 from services.infra.auth import TokenBook
-from services.infra.consumer import consumer_lag, run_consumer
+from services.infra.consumer import SupervisedConsumer, consumer_lag
 from services.infra.http import BodyLimit
 from services.infra.logs import RequestIds
 from services.infra.metrics import CONSUMER_LAG, HTTP_REQUESTS, OUTBOX_BACKLOG, PROPOSALS
@@ -24,6 +24,11 @@ from services.matcher.consumers import build_consumer as build_matcher_consumer
 from services.matcher.service import MatcherService
 from services.registry.consumers import build_consumer as build_registry_consumer
 from services.registry.service import RegistryService
+
+_CHECK_FAILED = {
+    "database": "the database does not answer",
+    "broker": "the broker does not answer, or the consumer has not joined its group yet",
+}
 
 
 def create_app(
@@ -37,24 +42,28 @@ def create_app(
     """The API of the given services on one base URL, with ``/health``, ``/ready``,
     ``/metrics``. The lifespan starts and stops the services."""
 
-    brokers: list[KafkaBroker] = []
+    consumers: dict[str, SupervisedConsumer] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
-        brokers.clear()
+        consumers.clear()
         if registry is not None:
             await registry.start()
             if consume:
-                brokers.append(build_registry_consumer(registry))
-                tasks.append(
-                    asyncio.create_task(run_consumer(brokers[-1], registry.mark_consuming))
-                )
+                consumers["registry"] = SupervisedConsumer(
+                    lambda: build_registry_consumer(registry), registry.mark_consuming,
+                    registry.settings, name="registry",
+                )  # fmt: skip
         if matcher is not None:
             await matcher.start()
             if consume:
-                brokers.append(build_matcher_consumer(matcher))
-                tasks.append(asyncio.create_task(run_consumer(brokers[-1], matcher.mark_consuming)))
+                consumers["matcher"] = SupervisedConsumer(
+                    lambda: build_matcher_consumer(matcher), matcher.mark_consuming,
+                    matcher.settings, name="matcher",
+                )  # fmt: skip
+        for name, consumer in consumers.items():
+            tasks.append(asyncio.create_task(consumer.run(), name=f"{name}-consumer"))
         try:
             yield
         finally:
@@ -62,9 +71,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for broker in brokers:
-                with contextlib.suppress(Exception):
-                    await broker.stop()
+            for consumer in consumers.values():
+                await consumer.stop()
             if matcher is not None:
                 await matcher.stop()
             if registry is not None:
@@ -79,7 +87,7 @@ def create_app(
     app.state.tokens = tokens
     app.state.registry = registry
     app.state.matcher = matcher
-    app.state.brokers = brokers
+    app.state.consumers = consumers
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestIds)
 
@@ -112,18 +120,35 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"], summary="200 when broker and database answer")
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="200 when broker and database answer and the consumers get on; else 503 with "
+        "the reasons",
+    )
     async def ready() -> JSONResponse:
         checks: dict[str, Any] = {}
+        reasons: list[str] = []
         for name, service in (("registry", registry), ("matcher", matcher)):
-            if service is not None:
-                checks[name] = await service.ready()
+            if service is None:
+                continue
+            checks[name] = check = await service.ready()
+            reasons.extend(f"{name}: {_CHECK_FAILED.get(part, part + ' failed')}"
+                           for part, fine in check.items() if not fine)  # fmt: skip
+            consumer = consumers.get(name)
+            if consumer is not None:
+                check["consumer"] = consumer.problem is None
+                if consumer.problem is not None:
+                    reasons.append(f"{name}: {consumer.problem}")
         ok = all(all(c.values()) for c in checks.values())
-        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
+        content: dict[str, Any] = {"ready": ok, "checks": checks}
+        if reasons:
+            content["reasons"] = reasons
+        return JSONResponse(status_code=200 if ok else 503, content=content)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
-        await refresh_gauges(registry, matcher, brokers)
+        await refresh_gauges(registry, matcher, [c.broker for c in consumers.values()])
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/docs/asyncapi", tags=["operations"], summary="AsyncAPI document of the events")

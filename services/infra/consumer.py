@@ -67,6 +67,9 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         # FastStream's own create on subscriber start (one partition) raced a producer's
         # auto-creation of the same topic on the embedded broker and split it in two.
         allow_auto_create_topics=False,
+        # Metadata every 10 s instead of 5 min: a topic recreated with other partitions (after a
+        # broker loss) makes the consumers rejoin for them within seconds.
+        metadata_max_age_ms=10_000,
     )
 
 

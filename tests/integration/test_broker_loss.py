@@ -122,9 +122,24 @@ async def test_broker_replaced_under_running_services_heals_after_republish(
         await eventually(lambda: ready(platform), "/ready after the broker came back")
 
 
+@pytest.fixture
+async def touchy_node(
+    broker: EmbeddedBroker, tmp_path: Path, database_url: str | None
+) -> AsyncIterator[Node]:
+    """A node whose consumers count as stuck after 1 s without progress."""
+    settings = node_settings(broker.bootstrap, tmp_path, database_url)
+    running = Node(settings.model_copy(update={"consumer_stall_seconds": 1.0}))
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 async def test_ready_says_why_while_a_consumer_makes_no_progress_and_recovers(
-    node: Node, database_url: str | None
+    touchy_node: Node, database_url: str | None
 ) -> None:
+    node = touchy_node
     assert node.matcher is not None
     failing = True
     real_ingest = node.matcher.ingest

@@ -184,8 +184,8 @@ async def group_state(bootstrap: str, group: str, topics: Sequence[str]) -> Grou
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
         request_timeout_ms=5_000,
     )  # fmt: skip
-    await probe.start()
     try:
+        await probe.start()
         await probe.topics()  # fresh metadata
         partitions = [
             TopicPartition(topic, p)

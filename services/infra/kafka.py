@@ -134,8 +134,8 @@ async def recreate_topics(bootstrap: str, topics: Sequence[str]) -> list[str]:
     fetched from the other), so running clients never race an explicit create against
     auto-creation."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
     finally:
         await admin.close()
@@ -144,8 +144,8 @@ async def recreate_topics(bootstrap: str, topics: Sequence[str]) -> list[str]:
         return []
     left: list[str] = []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
-    await producer.start()
     try:
+        await producer.start()
         for topic in missing:
             try:
                 await asyncio.wait_for(producer.partitions_for(topic), 6)

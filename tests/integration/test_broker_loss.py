@@ -93,6 +93,7 @@ async def node(
         await running.stop()
 
 
+@pytest.mark.slow  # 3-14 s: a stuck consumer is restarted and rejoins
 async def test_broker_replaced_under_running_services_heals_after_republish(
     node: Node, broker: EmbeddedBroker, database_url: str | None
 ) -> None:
@@ -136,6 +137,7 @@ async def touchy_node(
         await running.stop()
 
 
+@pytest.mark.slow  # ~9 s: stuck, restarted with backoff, recovered
 async def test_ready_says_why_while_a_consumer_makes_no_progress_and_recovers(
     touchy_node: Node, database_url: str | None
 ) -> None:

@@ -12,11 +12,10 @@ from typing import Any, Literal
 
 import uvicorn
 
-from schemas.events import EVENTS, Topics
 from services.infra.auth import TokenBook, load_or_create_tokens
 from services.infra.edge import header_timeout_protocol
-from services.infra.embedded_broker import EmbeddedBroker
-from services.infra.kafka import ensure_topics
+from services.infra.embedded_broker import BrokerStartError, EmbeddedBroker
+from services.infra.kafka import KAFKA_TOPICS, ensure_topics, recreate_topics
 from services.infra.settings import CommonSettings, MatcherSettings, RegistrySettings
 from services.matcher.service import MatcherService
 from services.registry.service import RegistryService
@@ -24,9 +23,6 @@ from services.web import create_app
 
 log = logging.getLogger(__name__)
 ServiceName = Literal["registry", "matcher"]
-#: Created up front (three partitions each), so consumers join with the intended partitions
-#: and the first publish to a topic does not wait for the broker to create it.
-TOPICS = (*EVENTS, *(Topics.dlq(t) for t in EVENTS))
 
 
 class _Server(uvicorn.Server):
@@ -54,6 +50,10 @@ class Node:
     server: uvicorn.Server | None = None
     url: str = ""
     _serving: asyncio.Task[None] | None = field(default=None, repr=False)
+    _supervising: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: How often the embedded broker's process is looked at.
+    broker_check_seconds: float = 0.5
+    broker_restarts: int = 0
 
     async def start(self) -> None:
         """Start the broker (if embedded), the services and the HTTP server."""
@@ -68,10 +68,12 @@ class Node:
                 update["kafka_session_timeout_ms"] = 1500
             if settings.kafka_fetch_max_wait_ms is None:
                 update["kafka_fetch_max_wait_ms"] = 20
+            if settings.consumer_stall_seconds is None:
+                update["consumer_stall_seconds"] = 10.0
             settings = settings.model_copy(update=update)
             self.settings = settings
         with contextlib.suppress(Exception):  # absent broker: consumers create them later
-            await asyncio.wait_for(ensure_topics(str(settings.broker), TOPICS), 5)
+            await asyncio.wait_for(ensure_topics(str(settings.broker), KAFKA_TOPICS), 5)
         self.tokens, self.tokens_text = load_or_create_tokens(
             settings.api_tokens.get_secret_value() if settings.api_tokens else None, settings.data
         )
@@ -99,6 +101,42 @@ class Node:
             await asyncio.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://{settings.host}:{port}"
+        if self.broker is not None:
+            self._supervising = asyncio.create_task(
+                self._supervise_broker(self.broker), name="embedded-broker-supervisor"
+            )
+
+    async def _supervise_broker(self, broker: EmbeddedBroker) -> None:
+        """Restart the embedded broker on its address when its process dies, recreate the
+        topics and republish every member: it kept nothing (memory only)."""
+        backoff = self.broker_check_seconds
+        while True:
+            await asyncio.sleep(backoff)
+            if broker.running:
+                backoff = self.broker_check_seconds
+                continue
+            log.error(
+                "the embedded broker at %s died (exit status %s); restarting it on the same "
+                "address. It kept nothing: topics are recreated and every member is republished",
+                broker.bootstrap, broker.returncode,
+            )  # fmt: skip
+            try:
+                await asyncio.to_thread(broker.start)
+            except BrokerStartError as error:
+                backoff = min(max(backoff * 2, 1.0), 10.0)
+                log.error("restarting the embedded broker failed (%s); retrying in %.0f s",
+                          error, backoff)  # fmt: skip
+                continue
+            self.broker_restarts += 1
+            with contextlib.suppress(Exception):  # the consumers' watch creates them otherwise
+                await asyncio.wait_for(recreate_topics(broker.bootstrap, KAFKA_TOPICS), 30)
+            count = 0
+            if self.registry is not None:
+                count = await self.registry.republish()
+            log.warning(
+                "the embedded broker is back at %s (restart %d); republished city.joined for "
+                "%d members", broker.bootstrap, self.broker_restarts, count,
+            )  # fmt: skip
 
     async def wait(self) -> None:
         """Serve until SIGINT or SIGTERM asks for a clean stop."""
@@ -118,6 +156,10 @@ class Node:
 
     async def stop(self) -> None:
         """Stop the server (and with it the services), then the embedded broker."""
+        if self._supervising is not None:
+            self._supervising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervising
         if self.server is not None and self._serving is not None:
             self.server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from schemas import generate
 from schemas.topics import sorted_vocabulary, topic_label
 from services.infra.auth import TokenBook
-from services.infra.consumer import consumer_lag, run_consumer
+from services.infra.consumer import SupervisedConsumer, consumer_lag
 from services.infra.edge import ReadTimeout, RefuseNul, database_away
 from services.infra.http import BodyLimit, caller
 from services.infra.logs import RequestIds
@@ -28,6 +28,11 @@ from services.matcher.consumers import build_consumer as build_matcher_consumer
 from services.matcher.service import MatcherService
 from services.registry.consumers import build_consumer as build_registry_consumer
 from services.registry.service import RegistryService
+
+_CHECK_FAILED = {
+    "database": "the database does not answer",
+    "broker": "the broker does not answer, or the consumer has not joined its group yet",
+}
 
 
 def create_app(
@@ -42,24 +47,28 @@ def create_app(
     """The API of the given services on one base URL, with ``/health``, ``/ready``,
     ``/metrics``. The lifespan starts and stops the services."""
 
-    brokers: list[KafkaBroker] = []
+    consumers: dict[str, SupervisedConsumer] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
-        brokers.clear()
+        consumers.clear()
         if registry is not None:
             await registry.start()
             if consume:
-                brokers.append(build_registry_consumer(registry))
-                tasks.append(
-                    asyncio.create_task(run_consumer(brokers[-1], registry.mark_consuming))
-                )
+                consumers["registry"] = SupervisedConsumer(
+                    lambda: build_registry_consumer(registry), registry.mark_consuming,
+                    registry.settings, name="registry",
+                )  # fmt: skip
         if matcher is not None:
             await matcher.start()
             if consume:
-                brokers.append(build_matcher_consumer(matcher))
-                tasks.append(asyncio.create_task(run_consumer(brokers[-1], matcher.mark_consuming)))
+                consumers["matcher"] = SupervisedConsumer(
+                    lambda: build_matcher_consumer(matcher), matcher.mark_consuming,
+                    matcher.settings, name="matcher",
+                )  # fmt: skip
+        for name, consumer in consumers.items():
+            tasks.append(asyncio.create_task(consumer.run(), name=f"{name}-consumer"))
         try:
             yield
         finally:
@@ -67,9 +76,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for broker in brokers:
-                with contextlib.suppress(Exception):
-                    await broker.stop()
+            for consumer in consumers.values():
+                await consumer.stop()
             if matcher is not None:
                 await matcher.stop()
             if registry is not None:
@@ -84,7 +92,7 @@ def create_app(
     app.state.tokens = tokens
     app.state.registry = registry
     app.state.matcher = matcher
-    app.state.brokers = brokers
+    app.state.consumers = consumers
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(ReadTimeout, seconds=read_timeout_seconds)
     app.add_middleware(RefuseNul)
@@ -138,12 +146,26 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"], summary="200 when broker and database answer")
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="200 when broker and database answer and the consumers get on; else 503 with "
+        "the reasons",
+    )
     async def ready() -> JSONResponse:
         checks: dict[str, Any] = {}
+        reasons: list[str] = []
         for name, service in (("registry", registry), ("matcher", matcher)):
-            if service is not None:
-                checks[name] = await service.ready()
+            if service is None:
+                continue
+            checks[name] = check = await service.ready()
+            reasons.extend(f"{name}: {_CHECK_FAILED.get(part, part + ' failed')}"
+                           for part, fine in check.items() if not fine)  # fmt: skip
+            consumer = consumers.get(name)
+            if consumer is not None:
+                check["consumer"] = consumer.problem is None
+                if consumer.problem is not None:
+                    reasons.append(f"{name}: {consumer.problem}")
         ok = all(all(c.values()) for c in checks.values())
         content: dict[str, Any] = {"ready": ok, "checks": checks}
         # What keeps records from the broker, named (a parked record, the relay's last error):
@@ -151,11 +173,13 @@ def create_app(
         problems = await outbox_problems(registry, matcher)
         if problems:
             content["problems"] = problems
+        if reasons:
+            content["reasons"] = reasons
         return JSONResponse(status_code=200 if ok else 503, content=content)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
-        await refresh_gauges(registry, matcher, brokers)
+        await refresh_gauges(registry, matcher, [c.broker for c in consumers.values()])
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/docs/asyncapi", tags=["operations"], summary="AsyncAPI document of the events")

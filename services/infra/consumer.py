@@ -1,4 +1,5 @@
-"""Consumer plumbing shared by the services: start when the broker is there, raw records."""
+"""Consumer plumbing shared by the services: start when the broker is there, raw records,
+and a watch that keeps a consumer going when the broker loses its topics."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka import KafkaBroker, KafkaMessage
 
+from services.infra.kafka import KAFKA_TOPICS, recreate_topics
 from services.infra.metrics import EVENTS_CONSUMED
 from services.infra.settings import CommonSettings
 
@@ -91,6 +95,13 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         request_timeout_ms=10_000,
         parser=raw_parser,
         decoder=raw_decoder,
+        # Ours creates the topics (three partitions; after a broker loss, see recreate_topics).
+        # FastStream's own create on subscriber start (one partition) raced a producer's
+        # auto-creation of the same topic on the embedded broker and split it in two.
+        allow_auto_create_topics=False,
+        # Metadata every 10 s instead of 5 min: a topic recreated with other partitions (after a
+        # broker loss) makes the consumers rejoin for them within seconds.
+        metadata_max_age_ms=10_000,
     )
 
 
@@ -128,3 +139,214 @@ async def run_consumer(broker: KafkaBroker, on_started: Callable[[], None]) -> N
             continue
         on_started()
         return
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress: is a consumer group getting on with the records waiting for it?
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """One look at a consumer group: its committed offsets and the records not yet committed."""
+
+    committed: Mapping[tuple[str, int], int]
+    waiting: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one look at a group says: for how long it has made no progress with records
+    waiting, and whether committed offsets it had are gone or went back (the broker lost them:
+    a new or emptied broker behind the same address)."""
+
+    stalled_for: float
+    offsets_lost: bool
+    progressed: bool  # nothing waits, or the committed offsets moved since the last look
+
+
+@dataclass
+class ProgressWatch:
+    """Decides from successive :class:`GroupState` looks whether a group is stuck: records wait
+    and its committed offsets have not moved for ``stall_seconds`` (a consumer that fetches
+    nothing, or one whose commits fail, looks exactly like that). Plain logic, no I/O."""
+
+    stall_seconds: float
+    _since: dict[str, float] = field(default_factory=dict)
+    _last: dict[str, Mapping[tuple[str, int], int]] = field(default_factory=dict)
+
+    def observe(self, group: str, state: GroupState, now: float) -> Observation:
+        """Record a look at ``group`` at time ``now`` (seconds)."""
+        previous = self._last.get(group)
+        self._last[group] = dict(state.committed)
+        lost = previous is not None and any(
+            state.committed.get(tp, -1) < offset for tp, offset in previous.items()
+        )
+        moved = previous is not None and previous != state.committed
+        if lost or state.waiting <= 0 or previous is None or moved:
+            self._since[group] = now
+            return Observation(0.0, lost, progressed=state.waiting <= 0 or (moved and not lost))
+        return Observation(now - self._since.setdefault(group, now), False, progressed=False)
+
+    def stuck(self, observation: Observation) -> bool:
+        return observation.stalled_for >= self.stall_seconds
+
+    def reset(self) -> None:
+        """Start afresh (after the consumer was restarted)."""
+        self._since.clear()
+        self._last.clear()
+
+
+def subscriptions(broker: KafkaBroker) -> dict[str, set[str]]:
+    """Topics per consumer group of a started FastStream broker (from its aiokafka consumers)."""
+    groups: dict[str, set[str]] = {}
+    for subscriber in broker.subscribers:
+        consumer = getattr(subscriber, "consumer", None)
+        group = getattr(consumer, "_group_id", None)
+        if consumer is None or group is None:
+            continue
+        groups.setdefault(group, set()).update(consumer.subscription())
+    return groups
+
+
+async def group_state(bootstrap: str, group: str, topics: Sequence[str]) -> GroupState:
+    """Committed offsets of ``group`` and how many records of ``topics`` it has not committed
+    (a consumer with the group id that never subscribes only reads; it does not join)."""
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+        request_timeout_ms=5_000,
+    )  # fmt: skip
+    try:
+        await probe.start()
+        await probe.topics()  # fresh metadata
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in sorted(topics)
+            for p in sorted(probe.partitions_for_topic(topic) or set())
+        ]
+        if not partitions:
+            return GroupState({}, 0)
+        starts = await probe.beginning_offsets(partitions)
+        ends = await probe.end_offsets(partitions)
+        committed: dict[tuple[str, int], int] = {}
+        waiting = 0
+        for tp in partitions:
+            offset = await probe.committed(tp)
+            if offset is not None:
+                committed[(tp.topic, tp.partition)] = offset
+            waiting += max(0, ends[tp] - max(offset or 0, starts[tp]))
+        return GroupState(committed, waiting)
+    finally:
+        await probe.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervised consumer
+# ---------------------------------------------------------------------------------------------
+
+
+class SupervisedConsumer:
+    """Runs a FastStream consumer and keeps it going through a broker loss.
+
+    Every few seconds it (re)creates the topics the broker lacks (a new or emptied broker knows
+    none: commits for them fail, producers wait) and then restarts the consumer, so it rejoins
+    its group with the topics as they are now. It also looks at each consumer group's
+    progress: a group that makes no progress with records waiting for ``stall_seconds`` makes
+    :attr:`problem` say so (``/ready`` answers 503 with it, until the group progresses again)
+    and the consumer is restarted too (if that does not help, again after twice as long each
+    time). So is a consumer whose group's committed offsets the broker lost.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], KafkaBroker],
+        on_started: Callable[[], None],
+        settings: CommonSettings,
+        *,
+        name: str,
+        topics: Sequence[str] = KAFKA_TOPICS,
+    ) -> None:
+        self._build = build
+        self._on_started = on_started
+        self._bootstrap = str(settings.broker)
+        self._stall = settings.consumer_stall_seconds or 30.0
+        self._restart_after = self._stall
+        self._check_seconds = max(0.2, min(2.0, self._stall / 4))
+        self._topics = tuple(topics)
+        self.name = name
+        self.broker = build()
+        self.problem: str | None = None
+        self.restarts = 0
+
+    async def run(self) -> None:
+        """Start (retrying until the broker answers), watch, rebuild when stuck; until
+        cancelled."""
+        watch = ProgressWatch(self._stall)
+        while True:
+            await run_consumer(self.broker, self._on_started)
+            reason = await self._watch(watch)
+            log.warning(
+                "%s consumer: %s; restarting it to rejoin its group", self.name, reason,
+                extra={"consumer": self.name, "reason": reason},
+            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            self.broker = self._build()
+            self.restarts += 1
+            watch.reset()
+
+    async def _watch(self, watch: ProgressWatch) -> str:
+        """Check until the consumer has to be restarted; returns why. :attr:`problem` holds
+        the reason while a group is stuck, across restarts, until it progresses again."""
+        while True:
+            await asyncio.sleep(self._check_seconds)
+            try:
+                missing = await asyncio.wait_for(
+                    recreate_topics(self._bootstrap, self._topics), self._check_seconds * 10
+                )
+                groups = subscriptions(self.broker)
+                ours = sorted(t for t in missing if any(t in topics for topics in groups.values()))
+                if ours:
+                    # A new or emptied broker: a consumer that joined it before the topics were
+                    # there holds a stale view (partitions it cannot commit, or none); a fresh
+                    # one joins with the topics as they are now.
+                    return f"the broker lacked its topics ({', '.join(ours)}), recreated"
+                problems: list[str] = []
+                progressing = 0
+                longest = 0.0
+                for group, topics in sorted(groups.items()):
+                    state = await asyncio.wait_for(
+                        group_state(self._bootstrap, group, sorted(topics)), self._check_seconds * 5
+                    )
+                    seen = watch.observe(group, state, time.monotonic())
+                    if seen.offsets_lost:
+                        return f"the broker lost the committed offsets of group {group}"
+                    longest = max(longest, seen.stalled_for)
+                    if watch.stuck(seen):
+                        problems.append(
+                            f"consumer group {group} has made no progress for "
+                            f"{seen.stalled_for:.0f} s with {state.waiting} records waiting"
+                        )
+                    elif seen.progressed:
+                        progressing += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                # The broker does not answer: the relay's broker check reports that already.
+                log.debug("%s consumer check failed: %r", self.name, error)
+                continue
+            if problems:
+                self.problem = "; ".join(problems)
+                if longest >= self._restart_after:
+                    # A fresh consumer needs time to join; restarting it again at once would
+                    # keep the group rebalancing: wait twice as long each time.
+                    self._restart_after = min(self._restart_after * 2, self._stall * 16)
+                    return self.problem
+            if progressing == len(groups):
+                self.problem = None
+                self._restart_after = self._stall
+
+    async def stop(self) -> None:
+        """Stop the consumer (the task running :meth:`run` is cancelled by the caller)."""
+        with contextlib.suppress(Exception):
+            await self.broker.stop()

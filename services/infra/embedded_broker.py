@@ -345,6 +345,13 @@ class EmbeddedBroker:
         return proc is not None and proc.poll() is None
 
     @property
+    def returncode(self) -> int | None:
+        """The exit status of the process of the last ``start()`` once it ended by itself
+        (None while it runs, and before the first start and after ``stop()``)."""
+        proc = self._proc
+        return proc.poll() if proc is not None else None
+
+    @property
     def log_path(self) -> Path | None:
         """The file the broker's output is appended to (None: anonymous temporary file)."""
         return self._log_path

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
+    KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
@@ -18,6 +19,7 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
+from schemas.events import EVENTS, Topics
 from services.infra.outbox import OutboxRecord, RecordRejected
 from services.infra.settings import CommonSettings
 
@@ -27,6 +29,10 @@ REFUSED_FOR_GOOD = (
     MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
     CorruptRecordException, UnsupportedForMessageFormatError, UnicodeError,
 )  # fmt: skip
+#: Every topic the services consume or produce, with the dead-letter topics: created up front
+#: (three partitions each) and again whenever a broker turns out to lack them (a new or emptied
+#: broker), so consumers join with the intended partitions and producers never wait for them.
+KAFKA_TOPICS: tuple[str, ...] = (*EVENTS, *(Topics.dlq(t) for t in EVENTS))
 
 
 class KafkaSink:
@@ -65,6 +71,7 @@ class KafkaSink:
         :class:`RecordRejected`; any other error means the broker is away."""
         producer = await self._connected()
         try:
+            await self._topics_present(producer, {record.topic for record in records})
             futures = [
                 await producer.send(record.topic, record.payload.encode(), key=record.key.encode())
                 for record in records
@@ -77,6 +84,17 @@ class KafkaSink:
             # A producer that failed mid-batch may hold half-sent batches: start afresh.
             await self.close()
             raise
+
+    async def _topics_present(self, producer: AIOKafkaProducer, topics: set[str]) -> None:
+        """Make sure ``topics`` exist on the broker now, before anything is sent: a broker
+        replaced behind the same address (an emptied embedded broker) knows none, the
+        producer's cached metadata does not notice, and the embedded broker accepts records
+        for a topic it does not know into a log no consumer ever reads."""
+        cluster = await producer.client.fetch_all_metadata()
+        missing = sorted(t for t in topics if not cluster.partitions_for_topic(t))
+        if missing:
+            await asyncio.wait_for(recreate_topics(self._bootstrap, missing), 30)
+            await producer.client.force_metadata_update()
 
     async def healthy(self) -> bool:
         """Whether the broker answers a metadata request now."""
@@ -99,8 +117,9 @@ class KafkaSink:
                 log.debug("closing producer: %s", error)
 
 
-async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 3) -> None:
-    """Create ``topics`` if missing, so consumers join with the intended partition count."""
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 3) -> list[str]:
+    """Create ``topics`` if missing, so consumers join with the intended partition count;
+    returns the ones that were missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -112,9 +131,54 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int =
                     [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
                 )
             except TopicAlreadyExistsError:
-                pass
+                pass  # someone else (a replica, an auto-creating producer) was quicker
+            log.info(
+                "topics created: %s", ", ".join(missing),
+                extra={"topics": missing},
+            )  # fmt: skip
+        return missing
     finally:
         await admin.close()
+
+
+async def recreate_topics(bootstrap: str, topics: Sequence[str]) -> list[str]:
+    """Bring back those of ``topics`` the broker lacks (a new or emptied broker) while clients
+    are running; returns them.
+
+    They are asked for the way a producer asks before its first send (a metadata request,
+    which creates a missing topic with the broker's default partitions where the broker
+    auto-creates topics); only where that does not create them does a CreateTopics request
+    follow. Creating a topic the other way at the very moment a producer's metadata request
+    creates it left the embedded broker with two logs under one name (records produced to one,
+    fetched from the other), so running clients never race an explicit create against
+    auto-creation."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    left: list[str] = []
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+    try:
+        await producer.start()
+        for topic in missing:
+            try:
+                await asyncio.wait_for(producer.partitions_for(topic), 6)
+            except (TimeoutError, KafkaError):
+                left.append(topic)  # the broker does not auto-create topics
+    finally:
+        await producer.stop()
+    if left:
+        await ensure_topics(bootstrap, left)
+    log.warning(
+        "the broker lacked topics (a new or emptied broker?); recreated %s", ", ".join(missing),
+        extra={"topics": missing},
+    )  # fmt: skip
+    return missing
 
 
 def kafka_sink(settings: CommonSettings, service: str) -> KafkaSink:

@@ -88,6 +88,14 @@ class CommonSettings(BaseSettings):
         description="How long a consumer's fetch may wait for records; unset: 500, or 20 on the "
         "embedded broker (which answers a waiting fetch only when the wait is over).",
     )
+    consumer_stall_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="A consumer group that commits nothing for this long while records wait "
+        "makes `/ready` answer 503 with the reason (until it progresses) and is restarted. "
+        "Unset: 30, or 10 on the embedded broker.",
+    )
     outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
     outbox_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."

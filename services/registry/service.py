@@ -184,6 +184,13 @@ class RegistryService:
         log.info("member left", extra={"member_id": member_id})
         return row
 
+    async def republish(self) -> int:
+        """Queue ``city.joined`` again for every member (what ``tandem registry republish``
+        does) and wake the relay; returns how many."""
+        count = await store.republish(self.engine)
+        self.relay.wake()
+        return count
+
     async def ingest_admitted(self, records: Sequence[Any]) -> None:
         """Register the members of ``member.admitted`` records with the same rules as the API:
         idempotent on the envelope id; invalid records, rule violations and existing ids go to

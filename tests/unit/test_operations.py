@@ -49,6 +49,19 @@ def test_compose_runs_kafka_postgres_registry_and_two_matchers() -> None:
         assert service["ports"], f"{name} publishes its HTTP port"
 
 
+def test_compose_keeps_kafka_data_on_its_volume() -> None:
+    """Kafka writes to ``KAFKA_LOG_DIRS``; unset, that is /tmp in the container, the volume stays
+    empty and topics are lost with a recreated container."""
+    kafka = compose()["services"]["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts: dict[str, str] = {}
+    for volume in kafka["volumes"]:
+        source, target = volume.split(":")[:2]
+        mounts[target] = source
+    assert log_dirs in mounts, f"KAFKA_LOG_DIRS {log_dirs} is not a mounted path: {mounts}"
+    assert mounts[log_dirs] in compose()["volumes"], "the log dir must be a named volume"
+
+
 def test_compose_configures_only_through_known_tandem_variables() -> None:
     for name in ("registry", "matcher"):
         environment = compose()["services"][name]["environment"]

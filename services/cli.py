@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from services.infra.settings import CommonSettings, RegistrySettings
+from services.infra.settings import CommonSettings
+from services.registry.settings import RegistrySettings
 from services.runtime import Node, ServiceName
 
 app = typer.Typer(
@@ -152,7 +153,7 @@ def config(
     """Print the effective configuration (from TANDEM_* variables), secrets masked."""
     from rich.table import Table
 
-    from services.infra.settings import config_rows, config_table_markdown, effective_configuration
+    from services.config import config_rows, config_table_markdown, effective_configuration
 
     if markdown:
         typer.echo(config_table_markdown(), nl=False)

@@ -16,9 +16,11 @@ from services.infra.auth import TokenBook, load_or_create_tokens
 from services.infra.edge import header_timeout_protocol
 from services.infra.embedded_broker import BrokerStartError, EmbeddedBroker
 from services.infra.kafka import KAFKA_TOPICS, ensure_topics, recreate_topics
-from services.infra.settings import CommonSettings, MatcherSettings, RegistrySettings
+from services.infra.settings import CommonSettings
 from services.matcher.service import MatcherService
+from services.matcher.settings import MatcherSettings
 from services.registry.service import RegistryService
+from services.registry.settings import RegistrySettings
 from services.web import create_app
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,11 @@ from services.infra.kafka import kafka_sink
 from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.records import PoisonRecord, decode_record, payload_digest
-from services.infra.settings import MatcherSettings
 from services.matcher import store, tables
 from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
 from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
+from services.matcher.settings import MatcherSettings
 from services.matcher.weights import in_force as weights_in_force
 
 log = logging.getLogger(__name__)

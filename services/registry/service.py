@@ -23,7 +23,6 @@ from services.infra.dedup import ReusedEventId, seen_before
 from services.infra.kafka import kafka_sink
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.records import PoisonRecord, decode_record, payload_digest
-from services.infra.settings import RegistrySettings
 from services.registry import gazetteer, store, tables
 from services.registry.admission import (
     AdmissionRefused,
@@ -33,6 +32,7 @@ from services.registry.admission import (
     check,
     wish_violations,
 )
+from services.registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 

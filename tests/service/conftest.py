@@ -20,8 +20,8 @@ import pytest
 from schemas.events import Topics
 from services.infra.db import migrate
 from services.infra.outbox import OutboxRecord
-from services.infra.settings import RegistrySettings
 from services.registry.service import MIGRATIONS, RegistryService
+from services.registry.settings import RegistrySettings
 
 
 class MemorySink:

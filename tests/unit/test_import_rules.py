@@ -55,11 +55,5 @@ def test_no_service_imports_demo_code(service: str) -> None:
     assert offenders(service, ("services.demo",)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="infra/settings.py still imports services.matcher.domain.scoring.Weights; the "
-    "matcher's settings move to the matcher (#18, being done with the weights handling). "
-    "Remove this marker when that lands.",
-)
 def test_infra_imports_no_service() -> None:
     assert offenders("services.infra", ("services.matcher", "services.registry")) == []

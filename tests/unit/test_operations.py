@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.infra.settings import SETTINGS_CLASSES, config_table_markdown
+from services.config import SETTINGS_CLASSES, config_table_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWN_VARIABLES = {
@@ -85,7 +85,7 @@ def test_dockerfile_installs_the_package_and_runs_tandem() -> None:
 def test_a_settings_file_supplies_options_below_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.infra.settings import MatcherSettings
+    from services.matcher.settings import MatcherSettings
 
     path = tmp_path / "tandem.env"
     path.write_text("TANDEM_WEIGHTS=topics=0.9\nTANDEM_PORT=8123\n", encoding="utf-8")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Insert, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import CityJoined, CityLeft, CityUpdated, Topics, make_event
 from schemas.member import MemberRegistration, MemberUpdate, PartnerSector
-from services.infra.outbox import enqueue, utcnow
+from services.infra.outbox import enqueue, outbox_row, utcnow
 from services.registry import tables
 
 
@@ -107,30 +109,43 @@ async def add_member(
     if member.population is None:
         raise ValueError(f"member {member.id} has no population (look it up first)")
     row = member_row(member, today)
-    exists = await connection.scalar(
-        select(func.count()).select_from(tables.members).where(tables.members.c.id == member.id)
-    )
-    if exists:
+    # Three statements and no look-up first: the primary key decides whether the id is new, and
+    # ON CONFLICT DO NOTHING says so without an error (on PostgreSQL an error would abort the
+    # caller's transaction, which still writes a dead letter when the consumer admits).
+    inserted = await connection.execute(_insert_new_member(connection.dialect.name), row)
+    if inserted.rowcount != 1:
         raise DuplicateMember(member.id)
-    try:
-        await connection.execute(insert(tables.members).values(**row))
-    except IntegrityError as error:  # a concurrent registration won the race
-        raise DuplicateMember(member.id) from error
     await connection.execute(
-        insert(tables.member_history).values(
-            member_id=member.id,
-            action="registered",
-            fields=sorted(
+        _INSERT_HISTORY,
+        {
+            "member_id": member.id,
+            "action": "registered",
+            "fields": sorted(
                 k for k in member.model_fields_set if k != "contact" and k not in looked_up
             ),
-            reason=looked_up_note(looked_up),
-            actor=actor,
-            at=row["created_at"],
-        )
+            "reason": looked_up_note(looked_up),
+            "actor": actor,
+            "at": row["created_at"],
+        },
     )
     event = make_event(Topics.CITY_JOINED, "registry", public_member(row))
-    await enqueue(connection, tables.outbox, event, key=member.id)
+    await connection.execute(_INSERT_OUTBOX, outbox_row(event, key=member.id))
     return row
+
+
+_INSERT_HISTORY = insert(tables.member_history)
+_INSERT_OUTBOX = insert(tables.outbox)
+
+
+@functools.cache
+def _insert_new_member(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT (id) DO NOTHING`` in ``dialect``: a row count of 0 means the id
+    exists. Any other constraint still raises."""
+    if dialect == "postgresql":
+        return postgresql.insert(tables.members).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return sqlite.insert(tables.members).on_conflict_do_nothing(index_elements=["id"])
+    raise NotImplementedError(f"no ON CONFLICT for {dialect}")
 
 
 async def register(

@@ -26,6 +26,12 @@ ServiceName = Literal["registry", "matcher"]
 #: Created up front (three partitions each), so consumers join with the intended partitions
 #: and the first publish to a topic does not wait for the broker to create it.
 TOPICS = (*EVENTS, *(Topics.dlq(t) for t in EVENTS))
+#: How long an idle keep-alive connection stays open (uvicorn's default is 5 s). A client pool
+#: reuses a connection the server is just closing, and that request fails with a reset; under
+#: load a pool of many connections leaves some idle for seconds, so with 5 s this happens (seen
+#: in the 50-client load test). Longer than the usual proxy idle timeout (60 s): the proxy
+#: closes first, as it should.
+KEEP_ALIVE_SECONDS = 75
 
 
 class _Server(uvicorn.Server):
@@ -83,8 +89,9 @@ class Node:
             self.tokens, self.registry, self.matcher, max_body_bytes=settings.max_body_bytes
         )
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
-        )
+            app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )  # fmt: skip
         self.server = _Server(config)
         self._serving = asyncio.create_task(self.server.serve())
         while not self.server.started:

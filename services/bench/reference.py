@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from schemas.member import MemberRegistration
+from services.runtime import KEEP_ALIVE_SECONDS
 
 
 def create_app(database: Path) -> FastAPI:
@@ -67,7 +68,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--database", type=Path, required=True)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.database), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(
+        create_app(args.database), host="127.0.0.1", port=args.port, log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

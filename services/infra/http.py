@@ -17,8 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.infra.auth import Principal, Role, TokenBook
 
 
-def caller(request: Request) -> Principal:
-    """The authenticated caller; 401 without a known bearer token."""
+async def caller(request: Request) -> Principal:
+    """The authenticated caller; 401 without a known bearer token. (Dependencies here are
+    ``async``: FastAPI runs a plain ``def`` one in a worker thread, a thread hop per request.)"""
     book: TokenBook = request.app.state.tokens
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -33,10 +34,10 @@ def caller(request: Request) -> Principal:
     return principal
 
 
-def require(*roles: Role) -> Callable[[Principal], Principal]:
+def require(*roles: Role) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency that admits only ``roles`` (403 for any other known token)."""
 
-    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
         if principal.role not in roles:
             raise HTTPException(status_code=403, detail=f"this needs the role {' or '.join(roles)}")
         return principal

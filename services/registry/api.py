@@ -19,7 +19,7 @@ from services.registry.service import RegistryService
 router = APIRouter(prefix="/api/members", tags=["members"], route_class=SafeRoute)
 
 
-def _service(request: Request) -> RegistryService:
+async def _service(request: Request) -> RegistryService:
     service: RegistryService = request.app.state.registry
     return service
 

@@ -197,7 +197,7 @@ class RegistrationWriter:
     tried alone, so one bad row fails only its own request."""
 
     def __init__(self, engine: AsyncEngine, max_batch: int = 200) -> None:
-        self._engine = engine
+        self._engine = weakref.ref(engine)  # the engine's entry in ``_writers`` may go with it
         self._max_batch = max_batch
         self._pending: list[tuple[Registration, asyncio.Future[dict[str, Any]]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -229,7 +229,10 @@ class RegistrationWriter:
     async def _write(
         self, batch: Sequence[tuple[Registration, asyncio.Future[dict[str, Any]]]]
     ) -> None:
-        async with self._engine.begin() as connection:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the registry's engine is gone")
+        async with engine.begin() as connection:
             rows = await add_members(connection, [registration for registration, _ in batch])
         for (registration, future), row in zip(batch, rows, strict=True):
             if row is None:

@@ -25,6 +25,12 @@ from services.web import create_app
 
 log = logging.getLogger(__name__)
 ServiceName = Literal["registry", "matcher"]
+#: How long an idle keep-alive connection stays open (uvicorn's default is 5 s). A client pool
+#: reuses a connection the server is just closing, and that request fails with a reset; under
+#: load a pool of many connections leaves some idle for seconds, so with 5 s this happens (seen
+#: in the 50-client load test). Longer than the usual proxy idle timeout (60 s): the proxy
+#: closes first, as it should.
+KEEP_ALIVE_SECONDS = 75
 
 
 class _Server(uvicorn.Server):
@@ -93,6 +99,7 @@ class Node:
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
             http=header_timeout_protocol(settings.request_read_timeout_seconds),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )  # fmt: skip
         self.server = _Server(config)
         self._serving = asyncio.create_task(self.server.serve())

@@ -5,13 +5,23 @@ fresh embedded broker; the bench process is the clients (httpx, one connection e
 ``city.joined`` to see when each member's event is on the broker. The event delay is counted
 from the 201 response to the record's arrival at a consumer (0 when it arrived first: the relay
 publishes right after the commit, before the response may have been read).
+
+Each run first measures the bare stack (``services.bench.reference``: FastAPI, pydantic, one
+SQLite writer connection, under uvicorn in its own process) with the same members and clients,
+then the registry: ``ratio`` is the registry's throughput over the reference's of the same run,
+the figure that survives a loaded machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +29,7 @@ import httpx
 from services.bench.harness import (
     PLATFORM_TOKEN,
     Tap,
+    free_port,
     median,
     percentile,
     running_broker,
@@ -61,6 +72,51 @@ async def _post_all(
     return time.monotonic() - started, latencies, answered, failures
 
 
+@contextlib.asynccontextmanager
+async def reference_running(timeout: float = 60) -> AsyncIterator[str]:
+    """The bare reference app in its own process on a fresh SQLite file; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="tandem-bench-reference-") as data:
+        port = free_port()
+        log = Path(data) / "reference.log"
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.bench.reference", "--port", str(port),
+                "--database", str(Path(data) / "reference.db"),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            async with httpx.AsyncClient(timeout=5) as client:
+                while True:
+                    if process.returncode is not None:
+                        raise RuntimeError(f"reference exited: {log.read_text()[-2000:]}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{url}/health")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"reference not ready in {timeout} s")
+                    await asyncio.sleep(0.1)
+            yield url
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 15)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def reference_run(requests: int, clients: int, run: int) -> dict[str, Any]:
+    """The bare stack under the registry's load: ``WARM_UP`` requests, then ``requests``."""
+    members = generate(WARM_UP + requests, newcomers=False, prefix=f"registry-run{run}")
+    async with reference_running() as url:
+        await _post_all(url, members[:WARM_UP], clients)
+        seconds, latencies, _answered, failures = await _post_all(url, members[WARM_UP:], clients)
+    return {"seconds": seconds, "latencies": latencies, "failures": failures}
+
+
 async def one_run(requests: int, clients: int, run: int) -> dict[str, Any]:
     """A fresh broker and registry; ``WARM_UP`` requests, then ``requests`` measured ones."""
     members = generate(WARM_UP + requests, newcomers=False, prefix=f"registry-run{run}")
@@ -96,13 +152,22 @@ async def one_run(requests: int, clients: int, run: int) -> dict[str, Any]:
 
 async def run(requests: int, clients: int, repeat: int) -> dict[str, Any]:
     """Medians over ``repeat`` runs, each on a fresh registry database."""
-    runs = [await one_run(requests, clients, k) for k in range(repeat)]
+    references, runs = [], []
+    for k in range(repeat):
+        references.append(await reference_run(requests, clients, k))
+        runs.append(await one_run(requests, clients, k))
     return {
         "requests": requests,
         "clients": clients,
         "requests_per_s": median([requests / r["seconds"] for r in runs]),
         "p50_ms": median([percentile(r["latencies"], 0.50) for r in runs]) * 1000,
         "p99_ms": median([percentile(r["latencies"], 0.99) for r in runs]) * 1000,
+        "reference_requests_per_s": median([requests / r["seconds"] for r in references]),
+        "reference_p99_ms": median([percentile(r["latencies"], 0.99) for r in references]) * 1000,
+        "ratio": median(
+            [ref["seconds"] / r["seconds"] for ref, r in zip(references, runs, strict=True)]
+        ),
+        "reference_failures": sum(r["failures"] for r in references),
         "event_delay_p50_ms": median([percentile(r["delays"], 0.50) for r in runs]) * 1000,
         "event_delay_p99_ms": median([percentile(r["delays"], 0.99) for r in runs]) * 1000,
         "failures": sum(r["failures"] for r in runs),

@@ -8,7 +8,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query, Request, Response
+from fastapi import HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,8 +22,9 @@ from services.infra.db import is_connection_loss
 log = logging.getLogger(__name__)
 
 
-def caller(request: Request) -> Principal:
-    """The authenticated caller; 401 without a known bearer token."""
+async def caller(request: Request) -> Principal:
+    """The authenticated caller; 401 without a known bearer token. (Dependencies here are
+    ``async``: FastAPI runs a plain ``def`` one in a worker thread, a thread hop per request.)"""
     book: TokenBook = request.app.state.tokens
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -38,10 +39,11 @@ def caller(request: Request) -> Principal:
     return principal
 
 
-def require(*roles: Role) -> Callable[[Principal], Principal]:
+def require(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     """A dependency that admits only ``roles`` (403 for any other known token)."""
 
-    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    async def check(request: Request) -> Principal:
+        principal = await caller(request)  # called, not a sub-dependency: one level less to solve
         if principal.role not in roles:
             raise HTTPException(status_code=403, detail=f"this needs the role {' or '.join(roles)}")
         return principal

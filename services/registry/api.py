@@ -65,7 +65,7 @@ def _with_rules(response: JSONResponse, body: bytes) -> JSONResponse:
 router = APIRouter(prefix="/api/members", tags=["members"], route_class=AdmissionRoute)
 
 
-def _service(request: Request) -> RegistryService:
+async def _service(request: Request) -> RegistryService:
     service: RegistryService = request.app.state.registry
     return service
 

@@ -80,7 +80,8 @@ class RegistryService:
 
     def __init__(self, settings: RegistrySettings, sink: RecordSink | None = None) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_for("registry"))
+        # One connection on SQLite: one writer path for the API, the consumer and the relay.
+        self.engine = make_engine(settings.database_for("registry"), one_connection=True)
         self.sink = sink or kafka_sink(settings, "registry")
         self.relay = OutboxRelay.of(settings, self.engine, tables.outbox, self.sink)
         self._task: asyncio.Task[None] | None = None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Insert, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -14,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.events import CityJoined, CityLeft, CityUpdated, Topics, make_event
 from schemas.member import MemberRegistration, MemberUpdate, PartnerSector
 from services.infra.db import checkpoint_wal
-from services.infra.outbox import enqueue, utcnow
+from services.infra.outbox import enqueue, outbox_row, utcnow
 from services.registry import tables
 
 
@@ -99,6 +104,67 @@ def looked_up_note(looked_up: Sequence[str]) -> str | None:
     return f"looked up in GeoNames (CC BY 4.0): {', '.join(looked_up)}"
 
 
+@dataclass(frozen=True)
+class Registration:
+    """One registration to store: the member, who registers it, the day that decides
+    ``seeks_tandem``, and the fields the gazetteer filled in."""
+
+    member: MemberRegistration
+    actor: str
+    today: dt.date
+    looked_up: Sequence[str] = ()
+
+
+async def add_members(
+    connection: AsyncConnection, registrations: Sequence[Registration]
+) -> list[dict[str, Any] | None]:
+    """Insert the members, their history entries and their ``city.joined`` in the caller's
+    transaction, three statements for all of them; per registration its stored row, or None
+    when the id exists (already, or earlier in ``registrations``). The primary key decides:
+    no look-up first, and ``ON CONFLICT DO NOTHING`` says which ids were new without an error
+    (on PostgreSQL an error would abort the caller's transaction). The history entry lists the
+    fields the gazetteer filled in in ``reason``, its ``fields`` only those the caller gave."""
+    rows: list[dict[str, Any] | None] = []
+    claimed: set[str] = set()
+    for registration in registrations:
+        member = registration.member
+        if member.population is None:
+            raise ValueError(f"member {member.id} has no population (look it up first)")
+        fresh = member.id not in claimed
+        claimed.add(member.id)
+        rows.append(member_row(member, registration.today) if fresh else None)
+    candidates = [row for row in rows if row is not None]
+    if not candidates:
+        return [None] * len(rows)
+    statement = _insert_new_member(connection.dialect.name)
+    inserted = set(
+        (await connection.execute(statement.returning(tables.members.c.id), candidates)).scalars()
+    )
+    stored = [row if row is not None and row["id"] in inserted else None for row in rows]
+    history: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    for registration, row in zip(registrations, stored, strict=True):
+        if row is None:
+            continue
+        member, looked_up = registration.member, registration.looked_up
+        history.append({
+            "member_id": member.id,
+            "action": "registered",
+            "fields": sorted(
+                k for k in member.model_fields_set if k != "contact" and k not in looked_up
+            ),
+            "reason": looked_up_note(looked_up),
+            "actor": registration.actor,
+            "at": row["created_at"],
+        })  # fmt: skip
+        event = make_event(Topics.CITY_JOINED, "registry", public_member(row))
+        outbox.append(outbox_row(event, key=member.id))
+    if history:
+        await connection.execute(_INSERT_HISTORY, history)
+        await connection.execute(_INSERT_OUTBOX, outbox)
+    return stored
+
+
 async def add_member(
     connection: AsyncConnection,
     member: MemberRegistration,
@@ -106,37 +172,95 @@ async def add_member(
     today: dt.date,
     looked_up: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Insert the member, its history entry and its ``city.joined`` in the caller's
-    transaction. Raises DuplicateMember if the id exists. ``looked_up`` names the fields the
-    gazetteer filled in: the history entry lists them in ``reason``, its ``fields`` only the
-    fields the caller gave."""
-    if member.population is None:
-        raise ValueError(f"member {member.id} has no population (look it up first)")
-    row = member_row(member, today)
-    exists = await connection.scalar(
-        select(func.count()).select_from(tables.members).where(tables.members.c.id == member.id)
-    )
-    if exists:
+    """:func:`add_members` for one member; raises DuplicateMember if the id exists."""
+    (row,) = await add_members(connection, [Registration(member, actor, today, looked_up)])
+    if row is None:
         raise DuplicateMember(member.id)
-    try:
-        await connection.execute(insert(tables.members).values(**row))
-    except IntegrityError as error:  # a concurrent registration won the race
-        raise DuplicateMember(member.id) from error
-    await connection.execute(
-        insert(tables.member_history).values(
-            member_id=member.id,
-            action="registered",
-            fields=sorted(
-                k for k in member.model_fields_set if k != "contact" and k not in looked_up
-            ),
-            reason=looked_up_note(looked_up),
-            actor=actor,
-            at=row["created_at"],
-        )
-    )
-    event = make_event(Topics.CITY_JOINED, "registry", public_member(row))
-    await enqueue(connection, tables.outbox, event, key=member.id)
     return row
+
+
+_INSERT_HISTORY = insert(tables.member_history)
+_INSERT_OUTBOX = insert(tables.outbox)
+
+
+@functools.cache
+def _insert_new_member(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT (id) DO NOTHING`` in ``dialect``: an id that exists is not
+    inserted (and not returned). Any other constraint still raises."""
+    if dialect == "postgresql":
+        return postgresql.insert(tables.members).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return sqlite.insert(tables.members).on_conflict_do_nothing(index_elements=["id"])
+    raise NotImplementedError(f"no ON CONFLICT for {dialect}")
+
+
+class RegistrationWriter:
+    """Group commit for the API's registrations: those that arrive while a transaction runs
+    wait together and go into the next one (three statements and one commit for all, see
+    :func:`add_members`), so under load the database does one transaction per batch rather
+    than one per request, and on SQLite one writer (the engine's one connection) keeps up.
+    A lone registration is written at once. If a batch fails, each of its registrations is
+    tried alone, so one bad row fails only its own request."""
+
+    def __init__(self, engine: AsyncEngine, max_batch: int = 200) -> None:
+        self._engine = weakref.ref(engine)  # the engine's entry in ``_writers`` may go with it
+        self._max_batch = max_batch
+        self._pending: list[tuple[Registration, asyncio.Future[dict[str, Any]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def register(self, registration: Registration) -> dict[str, Any]:
+        """Store ``registration`` (with the next batch); its row. Raises DuplicateMember."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((registration, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="registry-writer")
+        return await future  # a caller that goes away: its row is still written
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                await self._write(batch)
+            except Exception as error:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=error)
+                    continue
+                for item in batch:  # which one failed? each alone
+                    try:
+                        await self._write([item])
+                    except Exception as alone:
+                        _settle(item[1], error=alone)
+
+    async def _write(
+        self, batch: Sequence[tuple[Registration, asyncio.Future[dict[str, Any]]]]
+    ) -> None:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the registry's engine is gone")
+        async with engine.begin() as connection:
+            rows = await add_members(connection, [registration for registration, _ in batch])
+        for (registration, future), row in zip(batch, rows, strict=True):
+            if row is None:
+                _settle(future, error=DuplicateMember(registration.member.id))
+            else:
+                _settle(future, row)
+
+
+def _settle(
+    future: asyncio.Future[dict[str, Any]],
+    row: dict[str, Any] | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(row or {})
+
+
+_writers: weakref.WeakKeyDictionary[AsyncEngine, RegistrationWriter] = weakref.WeakKeyDictionary()
 
 
 async def register(
@@ -146,10 +270,13 @@ async def register(
     today: dt.date,
     looked_up: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Register ``member`` in one transaction (row, history, outbox)."""
+    """Register ``member`` (row, history, outbox in one transaction, shared with the
+    registrations that arrive meanwhile: :class:`RegistrationWriter`, one per engine)."""
+    writer = _writers.get(engine)
+    if writer is None:
+        writer = _writers[engine] = RegistrationWriter(engine)
     try:
-        async with engine.begin() as connection:
-            return await add_member(connection, member, actor, today, looked_up)
+        return await writer.register(Registration(member, actor, today, looked_up))
     except IntegrityError as error:
         raise DuplicateMember(member.id) from error
 

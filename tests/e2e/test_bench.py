@@ -27,7 +27,10 @@ KEYS = {
     "pipeline": {
         "events", "seconds", "events_per_s", "broker_events_per_s", "ratio", "p50_ms", "p99_ms",
     },
-    "registry": {"requests", "requests_per_s", "p50_ms", "p99_ms", "event_delay_p99_ms"},
+    "registry": {
+        "requests", "requests_per_s", "p50_ms", "p99_ms", "event_delay_p99_ms",
+        "reference_requests_per_s", "reference_p99_ms", "ratio",
+    },
     "memory": {"members", "matcher_rss_mb"},
 }  # fmt: skip
 #: Figures that may legitimately be 0 at tiny sizes (an event may arrive before the response).
@@ -59,6 +62,7 @@ async def test_bench_reports_every_figure_as_a_positive_number() -> None:
     console.print(table(results))
     text = console.export_text()
     assert "pipeline throughput / bare broker" in text and "matcher peak RSS" in text
+    assert "registry / bare stack" in text and "bare FastAPI + SQLite" in text
 
 
 def test_bench_command_is_there() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -46,12 +46,34 @@ def create_app(
 ) -> FastAPI:
     """The API of the given services on one base URL, with ``/health``, ``/ready``,
     ``/metrics``. The lifespan starts and stops the services."""
-
     consumers: dict[str, SupervisedConsumer] = {}
+    app = FastAPI(
+        title="Tandem",
+        summary="Tandem-Städte and collegial advice for the Engagierte Stadt network",
+        version="0.1.0",
+        lifespan=_lifespan(registry, matcher, consumers, consume=consume),
+    )
+    app.state.tokens = tokens
+    app.state.registry = registry
+    app.state.matcher = matcher
+    app.state.consumers = consumers
+    _add_edge(app, max_body_bytes=max_body_bytes, read_timeout_seconds=read_timeout_seconds)
+    _include_routers(app, registry, matcher)
+    _add_operations(app, registry, matcher, consumers)
+    return app
+
+
+def _lifespan(
+    registry: RegistryService | None,
+    matcher: MatcherService | None,
+    consumers: dict[str, SupervisedConsumer],
+    *,
+    consume: bool,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start the services and (with ``consume``) their supervised consumers; stop them all."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks: list[asyncio.Task[None]] = []
         consumers.clear()
         if registry is not None:
             await registry.start()
@@ -67,8 +89,10 @@ def create_app(
                     lambda: build_matcher_consumer(matcher), matcher.mark_consuming,
                     matcher.settings, name="matcher",
                 )  # fmt: skip
-        for name, consumer in consumers.items():
-            tasks.append(asyncio.create_task(consumer.run(), name=f"{name}-consumer"))
+        tasks = [
+            asyncio.create_task(consumer.run(), name=f"{name}-consumer")
+            for name, consumer in consumers.items()
+        ]
         try:
             yield
         finally:
@@ -83,16 +107,11 @@ def create_app(
             if registry is not None:
                 await registry.stop()
 
-    app = FastAPI(
-        title="Tandem",
-        summary="Tandem-Städte and collegial advice for the Engagierte Stadt network",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
-    app.state.tokens = tokens
-    app.state.registry = registry
-    app.state.matcher = matcher
-    app.state.consumers = consumers
+    return lifespan
+
+
+def _add_edge(app: FastAPI, *, max_body_bytes: int, read_timeout_seconds: float) -> None:
+    """What every request passes: limits, request ids, counting, the database-away answer."""
     # Pure ASGI middleware only (the last added runs first): a BaseHTTPMiddleware alone costs
     # about a third of the throughput (Starlette #1678, FastAPI #2241).
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -103,6 +122,11 @@ def create_app(
     app.add_middleware(RequestIds)
     app.add_middleware(CountRequests)
 
+
+def _include_routers(
+    app: FastAPI, registry: RegistryService | None, matcher: MatcherService | None
+) -> None:
+    """The APIs of the services that run here, and the staff page."""
     if registry is not None:
         from services.registry.api import router as registry_router
 
@@ -116,14 +140,22 @@ def create_app(
         app.include_router(advice_router)
         app.include_router(weights_router)
 
+    from services.staff.calibration import router as staff_weights_router
     from services.staff.page import HERE as STAFF_DIR
     from services.staff.page import router as staff_router
 
     app.mount("/ui/static", StaticFiles(directory=STAFF_DIR / "static"), name="staff-static")
     app.include_router(staff_router)
-    from services.staff.calibration import router as staff_weights_router
-
     app.include_router(staff_weights_router)
+
+
+def _add_operations(
+    app: FastAPI,
+    registry: RegistryService | None,
+    matcher: MatcherService | None,
+    consumers: dict[str, SupervisedConsumer],
+) -> None:
+    """The topic list and the operator's endpoints: health, readiness, metrics, AsyncAPI."""
 
     @app.get(
         "/api/topics",
@@ -148,28 +180,7 @@ def create_app(
         "the reasons",
     )
     async def ready() -> JSONResponse:
-        checks: dict[str, Any] = {}
-        reasons: list[str] = []
-        for name, service in (("registry", registry), ("matcher", matcher)):
-            if service is None:
-                continue
-            checks[name] = check = await service.ready()
-            reasons.extend(f"{name}: {_CHECK_FAILED.get(part, part + ' failed')}"
-                           for part, fine in check.items() if not fine)  # fmt: skip
-            consumer = consumers.get(name)
-            if consumer is not None:
-                check["consumer"] = consumer.problem is None
-                if consumer.problem is not None:
-                    reasons.append(f"{name}: {consumer.problem}")
-        ok = all(all(c.values()) for c in checks.values())
-        content: dict[str, Any] = {"ready": ok, "checks": checks}
-        # What keeps records from the broker, named (a parked record, the relay's last error):
-        # a parked record does not make a service unready, but an operator should see it.
-        problems = await outbox_problems(registry, matcher)
-        if problems:
-            content["problems"] = problems
-        if reasons:
-            content["reasons"] = reasons
+        ok, content = await readiness(registry, matcher, consumers)
         return JSONResponse(status_code=200 if ok else 503, content=content)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
@@ -181,7 +192,37 @@ def create_app(
     async def asyncapi() -> JSONResponse:
         return JSONResponse(content=generate.asyncapi())
 
-    return app
+
+async def readiness(
+    registry: RegistryService | None,
+    matcher: MatcherService | None,
+    consumers: dict[str, SupervisedConsumer],
+) -> tuple[bool, dict[str, Any]]:
+    """Whether every service's broker, database and consumer answer, and the body that says
+    so: ``checks`` per service, ``reasons`` for what fails, ``problems`` for what keeps records
+    from the broker (a parked record does not make a service unready, but an operator should
+    see it)."""
+    checks: dict[str, Any] = {}
+    reasons: list[str] = []
+    for name, service in (("registry", registry), ("matcher", matcher)):
+        if service is None:
+            continue
+        checks[name] = check = await service.ready()
+        reasons.extend(f"{name}: {_CHECK_FAILED.get(part, part + ' failed')}"
+                       for part, fine in check.items() if not fine)  # fmt: skip
+        consumer = consumers.get(name)
+        if consumer is not None:
+            check["consumer"] = consumer.problem is None
+            if consumer.problem is not None:
+                reasons.append(f"{name}: {consumer.problem}")
+    ok = all(all(c.values()) for c in checks.values())
+    content: dict[str, Any] = {"ready": ok, "checks": checks}
+    problems = await outbox_problems(registry, matcher)
+    if problems:
+        content["problems"] = problems
+    if reasons:
+        content["reasons"] = reasons
+    return ok, content
 
 
 async def outbox_problems(

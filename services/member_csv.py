@@ -242,105 +242,135 @@ def _with_problem(line: MemberLine, problem: tuple[str, str]) -> MemberLine:
 
 
 def _line(record: dict[str | Any, str | Any], number: int, source: str) -> MemberLine:
-    def cell(column: str) -> str:
-        value = record.get(column)
+    reading = _Reading(record)
+    name = reading.cell("name")
+    join_year = reading.read()
+    tags = tuple(_items(reading.cell("topics")))
+    topics, unmapped = map_topics(tags)
+    return MemberLine(
+        line=number, name=name, where=f"{source}, line {number}" + (f" ({name})" if name else ""),
+        values=reading.values, tags=tags, topics=tuple(topics), unmapped_tags=tuple(unmapped),
+        join_year=join_year, source_url=reading.cell("source_url"),
+        problems=tuple(reading.problems),
+    )  # fmt: skip
+
+
+class _Reading:
+    """One line being read: what it states (``values``) and what cannot be read
+    (``problems``, one ``(field, message)`` each)."""
+
+    def __init__(self, record: dict[str | Any, str | Any]) -> None:
+        self.record = record
+        self.values: dict[str, Any] = {}
+        self.problems: list[tuple[str, str]] = []
+
+    def cell(self, column: str) -> str:
+        value = self.record.get(column)
         return value.strip() if isinstance(value, str) else ""
 
-    name = cell("name")
-    where = f"{source}, line {number}" + (f" ({name})" if name else "")
-    values: dict[str, Any] = {}
-    problems: list[tuple[str, str]] = []
+    def read(self) -> int | None:
+        """Read every column; the join year, if the line states one."""
+        self._identity()
+        self._state()
+        join_year = self._joined()
+        self._numbers()
+        self._seeks_tandem()
+        self._contact()
+        self._partners()
+        for column in ("interests", "strengths", "wishes"):
+            items = _items(self.cell(column))
+            if items:
+                self.values[column] = items
+        if self.cell("exception_reason"):
+            self.values["exception_reason"] = self.cell("exception_reason")
+        return join_year
 
-    if cell("id"):
-        values["id"] = cell("id")
-    elif name:
-        try:
-            values["id"] = slug(name)
-        except ValueError as error:
-            problems.append(("id", str(error)))
-    if name:
-        values["name"] = name
-    else:
-        problems.append(("name", "empty name"))
-    if cell("kind"):
-        values["kind"] = cell("kind")
+    def _identity(self) -> None:
+        name = self.cell("name")
+        if self.cell("id"):
+            self.values["id"] = self.cell("id")
+        elif name:
+            try:
+                self.values["id"] = slug(name)
+            except ValueError as error:
+                self.problems.append(("id", str(error)))
+        if name:
+            self.values["name"] = name
+        else:
+            self.problems.append(("name", "empty name"))
+        if self.cell("kind"):
+            self.values["kind"] = self.cell("kind")
 
-    land = cell("bundesland")
-    if land:
+    def _state(self) -> None:
+        land = self.cell("bundesland")
+        if not land:
+            return
         state = STATE_CODES.get(land) or (land.upper() if land.upper() in STATES else None)
         if state is None:
-            problems.append(
+            self.problems.append(
                 ("state", f"unknown Bundesland {land!r}; expected one of "
                           f"{', '.join(sorted(STATE_CODES))}")
             )  # fmt: skip
         else:
-            values["state"] = state
+            self.values["state"] = state
 
-    join_year: int | None = None
-    joined = cell("joined")
-    if joined:
+    def _joined(self) -> int | None:
+        joined = self.cell("joined")
+        if not joined:
+            return None
         try:
             if re.fullmatch(r"\d{4}", joined):
-                join_year = int(joined)
-                values["joined"] = dt.date(join_year, 1, 1).isoformat()
-            else:
-                date = dt.date.fromisoformat(joined)
-                join_year = date.year
-                values["joined"] = date.isoformat()
+                self.values["joined"] = dt.date(int(joined), 1, 1).isoformat()
+                return int(joined)
+            date = dt.date.fromisoformat(joined)
         except ValueError:
-            problems.append(("joined", f"joined {joined!r} is not a year or an ISO date"))
+            self.problems.append(("joined", f"joined {joined!r} is not a year or an ISO date"))
+            return None
+        self.values["joined"] = date.isoformat()
+        return date.year
 
-    for column, parse in (
-        ("population", _integer), ("lat", _number), ("lon", _number),
-        ("mentor_capacity", _integer),
-    ):  # fmt: skip
-        raw = cell(column)
-        if raw:
-            try:
-                values[column] = parse(raw)
-            except ValueError as error:
-                problems.append((column, f"{column} {raw!r} {error}"))
+    def _numbers(self) -> None:
+        for column, parse in (
+            ("population", _integer), ("lat", _number), ("lon", _number),
+            ("mentor_capacity", _integer),
+        ):  # fmt: skip
+            raw = self.cell(column)
+            if raw:
+                try:
+                    self.values[column] = parse(raw)
+                except ValueError as error:
+                    self.problems.append((column, f"{column} {raw!r} {error}"))
 
-    seeks = cell("seeks_tandem").casefold()
-    if seeks in _TRUE or seeks in _FALSE:
-        values["seeks_tandem"] = seeks in _TRUE
-    elif seeks:
-        problems.append(("seeks_tandem", f"seeks_tandem {cell('seeks_tandem')!r} is not "
-                                         "true/false (ja/nein)"))  # fmt: skip
+    def _seeks_tandem(self) -> None:
+        seeks = self.cell("seeks_tandem").casefold()
+        if seeks in _TRUE or seeks in _FALSE:
+            self.values["seeks_tandem"] = seeks in _TRUE
+        elif seeks:
+            self.problems.append(
+                ("seeks_tandem", f"seeks_tandem {self.cell('seeks_tandem')!r} is not "
+                                 "true/false (ja/nein)")
+            )  # fmt: skip
 
-    contact_name, contact_email = cell("contact_name"), cell("contact_email")
-    if contact_name or contact_email:
-        values["contact"] = {
-            k: v for k, v in (("name", contact_name), ("email", contact_email)) if v
-        }
+    def _contact(self) -> None:
+        contact_name, contact_email = self.cell("contact_name"), self.cell("contact_email")
+        if contact_name or contact_email:
+            self.values["contact"] = {
+                k: v for k, v in (("name", contact_name), ("email", contact_email)) if v
+            }
 
-    partners: list[dict[str, str]] = []
-    for entry in _items(cell("partners")):
-        partner_name, bar, sector = entry.rpartition("|")
-        if not bar:
-            problems.append(("partners", f"partner {entry!r} needs the form Name|sector"))
-            continue
-        partners.append(
-            {"name": partner_name.strip(),
-             "sector": _SECTORS.get(sector.strip().casefold(), sector.strip())}
-        )  # fmt: skip
-    if partners:
-        values["partners"] = partners
-
-    for column in ("interests", "strengths", "wishes"):
-        items = _items(cell(column))
-        if items:
-            values[column] = items
-    if cell("exception_reason"):
-        values["exception_reason"] = cell("exception_reason")
-
-    tags = tuple(_items(cell("topics")))
-    topics, unmapped = map_topics(tags)
-    return MemberLine(
-        line=number, name=name, where=where, values=values, tags=tags, topics=tuple(topics),
-        unmapped_tags=tuple(unmapped), join_year=join_year, source_url=cell("source_url"),
-        problems=tuple(problems),
-    )  # fmt: skip
+    def _partners(self) -> None:
+        partners: list[dict[str, str]] = []
+        for entry in _items(self.cell("partners")):
+            partner_name, bar, sector = entry.rpartition("|")
+            if not bar:
+                self.problems.append(("partners", f"partner {entry!r} needs the form Name|sector"))
+                continue
+            partners.append(
+                {"name": partner_name.strip(),
+                 "sector": _SECTORS.get(sector.strip().casefold(), sector.strip())}
+            )  # fmt: skip
+        if partners:
+            self.values["partners"] = partners
 
 
 def _items(value: str) -> list[str]:

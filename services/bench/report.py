@@ -121,25 +121,7 @@ def table(results: dict[str, Any]) -> Table:
         check = checks.get(key or figure)
         out.add_row(figure, measured, reference, check["target"] if check else "", _verdict(check))
 
-    for a in results.get("assignment", []):
-        name = f"assignment {a['newcomers']:,} x {a['mentors']:,}"
-        row(f"{name}: full re-solve", fmt(a["seconds"], "s"),
-            f"LSA alone {fmt(a['lsa_only_seconds'], 's')}", key=name)  # fmt: skip
-        if f"{name} / LSA alone" in checks:
-            row(f"{name}: re-solve / LSA alone", fmt(a["ratio_to_lsa"], "x"),
-                key=f"{name} / LSA alone")  # fmt: skip
-        if "solver_seconds" in a and a["newcomers"] * a["mentors"] >= 1_000_000:
-            row(f"{name}: solver alone (same matrix)",
-                f"{fmt(a['solver_seconds'], 's')} = {fmt(a['solver_ratio_to_lsa'], 'x')} LSA",
-                key="")  # fmt: skip
-    if "baselines" in results:
-        b = results["baselines"]
-        size = f"{b['newcomers']:,} x {b['mentors']:,}"
-        for name, label in (("ours", "ours (solver)"), ("networkx", "networkx max_weight_matching"),
-                            ("greedy", "arrival-order greedy")):  # fmt: skip
-            row(f"baseline {size}: {label}",
-                f"{fmt(b[f'{name}_seconds'], 's')}, total {b[f'{name}_total']:.3f}",
-                f"{b[f'{name}_matched']} matched")  # fmt: skip
+    _solver_rows(results, checks, row)
     if "incremental" in results:
         n = results["incremental"]
         row(f"incremental: one join into {n['members']:,} members, {n['waiting']:,} waiting",
@@ -179,6 +161,13 @@ def table(results: dict[str, Any]) -> Table:
         p = results["pipeline"]
         row("matcher peak RSS during the pipeline burst", fmt(p["matcher_rss_mb"], "MB"),
             f"{p['existing_members'] + p['events']:,} members")  # fmt: skip
+    out.caption = _caption(results)
+    out.caption_justify = "left"
+    return out
+
+
+def _caption(results: dict[str, Any]) -> str:
+    """The machine, the load and how many runs each figure is the median of."""
     machine = results["machine"]
     counts = [f"Medians of {results['repeat']} runs"]
     if "assignment" in results or "baselines" in results:
@@ -188,10 +177,31 @@ def table(results: dict[str, Any]) -> Table:
     if "pipeline" in results:
         counts.append(f"{results['pipeline']['runs']} for the pipeline burst")
     detail = f"{counts[0]} ({', '.join(counts[1:])})" if len(counts) > 1 else counts[0]
-    out.caption = (
+    return (
         f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']:.0f} GB, "
         f"Python {machine['python']}; load average {machine['load_start']:.1f} at start, "
         f"{machine['load_end']:.1f} at end. {detail}; {results['seconds']:.0f} s in all."
     )
-    out.caption_justify = "left"
-    return out
+
+
+def _solver_rows(results: dict[str, Any], checks: dict[str, Any], row: Callable[..., None]) -> None:
+    """The assignment sizes and the baselines."""
+    for a in results.get("assignment", []):
+        name = f"assignment {a['newcomers']:,} x {a['mentors']:,}"
+        row(f"{name}: full re-solve", fmt(a["seconds"], "s"),
+            f"LSA alone {fmt(a['lsa_only_seconds'], 's')}", key=name)  # fmt: skip
+        if f"{name} / LSA alone" in checks:
+            row(f"{name}: re-solve / LSA alone", fmt(a["ratio_to_lsa"], "x"),
+                key=f"{name} / LSA alone")  # fmt: skip
+        if "solver_seconds" in a and a["newcomers"] * a["mentors"] >= 1_000_000:
+            row(f"{name}: solver alone (same matrix)",
+                f"{fmt(a['solver_seconds'], 's')} = {fmt(a['solver_ratio_to_lsa'], 'x')} LSA",
+                key="")  # fmt: skip
+    if "baselines" in results:
+        b = results["baselines"]
+        size = f"{b['newcomers']:,} x {b['mentors']:,}"
+        for name, label in (("ours", "ours (solver)"), ("networkx", "networkx max_weight_matching"),
+                            ("greedy", "arrival-order greedy")):  # fmt: skip
+            row(f"baseline {size}: {label}",
+                f"{fmt(b[f'{name}_seconds'], 's')}, total {b[f'{name}_total']:.3f}",
+                f"{b[f'{name}_matched']} matched")  # fmt: skip

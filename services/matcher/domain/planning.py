@@ -200,50 +200,17 @@ def plan_tandems(
             newcomers[row], years, mentor_years, feasible[row]
         )
     rows = np.flatnonzero(chosen >= 0)
-    # Per planned newcomer: its mentor, then its alternatives (-1 pads); their breakdowns in
-    # one vectorised call, in that order.
-    listed = np.column_stack([chosen[rows], _alternatives(scores.shortlist[rows], chosen[rows])])
-    cell_rows = np.repeat(rows, listed.shape[1]).reshape(listed.shape)[listed >= 0]
-    cell_cols = listed[listed >= 0]
-    parts = scores.breakdowns(cell_rows, cell_cols)
-    cells = iter(
-        zip(
-            cell_cols.tolist(),
-            scores.weighted(parts).tolist(),
-            _breakdown_dicts(parts),
-            strict=True,
-        )
-    )
-    proposals = []
-    extra = (np.count_nonzero(listed >= 0, axis=1) - 1).tolist()
-    for i, alternatives in zip(rows.tolist(), extra, strict=True):
-        j, score, breakdown = next(cells)
-        newcomer, mentor = newcomers[i], mentors[j]
-        proposals.append(
-            PlannedProposal(
-                newcomer_id=newcomer.id,
-                mentor_id=mentor.id,
-                score=score,
-                breakdown=breakdown,
-                reasons=[],  # explained below, once the whole plan is known
-                alternatives=tuple(
-                    Alternative(mentors[k].id, value, parts_of)
-                    for k, value, parts_of in islice(cells, alternatives)
-                ),
-                pinned=bool(pins[i] >= 0),
-                wished=bool(wish_pins[i] >= 0 and pins[i] < 0),
-            )
-        )
-    component = {
-        node: index for index, part in enumerate(nx.connected_components(graph)) for node in part
-    }
-    context = _Context(
+    component = components_of(graph)
+    context = PlanContext(
         newcomers, mentors, column, capacity, feasible, chosen, scores, weights, graph,
         {x.id: x for x in members}, rejected | forbidden, incumbent, component,
-        np.array([component.get(x.id, -1) for x in mentors], dtype=np.int_),
-        {x.id: i for i, x in enumerate(newcomers)}, today,
+        mentor_components(mentors, component), {x.id: i for i, x in enumerate(newcomers)}, today,
     )  # fmt: skip
-    proposals = _explain_all(proposals, context)
+    # Per planned newcomer: its mentor, then its alternatives (-1 pads).
+    listed = np.column_stack([chosen[rows], _alternatives(scores.shortlist[rows], chosen[rows])])
+    proposals = propose(
+        rows, listed, pins[rows] >= 0, (wish_pins[rows] >= 0) & (pins[rows] < 0), context
+    )
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
 
 
@@ -439,7 +406,17 @@ SHARED_CHECK_LIMIT = 512
 
 
 @dataclass(frozen=True, slots=True)
-class _Context:
+class PlanContext:
+    """What explaining proposals needs to know of a joint plan, for ``propose``.
+
+    Rows are newcomers ordered by id: every newcomer to explain and every holder of a mentor
+    one of them lists (as alternative or wish); ``plan_tandems`` passes all newcomers, the
+    incremental planner just those. Columns are every mentor with free capacity (pins
+    included), ordered by id. ``feasible``, ``chosen`` (column or -1), ``incumbent`` (the
+    column of the pending mentor or -1) and ``scores`` are over those rows and columns;
+    ``capacity`` is each column's free capacity; ``component`` maps members to their
+    connected component of ``graph`` and ``mentor_component`` the columns (-1: none)."""
+
     newcomers: Sequence[Member]
     mentors: Sequence[Member]
     column: Mapping[str, int]
@@ -450,7 +427,7 @@ class _Context:
     weights: Weights
     graph: nx.Graph
     members: Mapping[str, Member]
-    excluded: set[Pair]
+    excluded: set[Pair] | frozenset[Pair]
     incumbent: NDArray[np.int_]
     component: Mapping[str, int]
     mentor_component: NDArray[np.int_]
@@ -458,7 +435,67 @@ class _Context:
     today: dt.date
 
 
-def _explain_all(proposals: list[PlannedProposal], c: _Context) -> list[PlannedProposal]:
+def components_of(graph: nx.Graph) -> dict[str, int]:
+    """Member id -> the number of its connected component in the tandem graph."""
+    return {
+        node: index for index, part in enumerate(nx.connected_components(graph)) for node in part
+    }
+
+
+def mentor_components(mentors: Sequence[Member], component: Mapping[str, int]) -> NDArray[np.int_]:
+    """Per mentor column its component (-1 outside the graph)."""
+    return np.fromiter((component.get(x.id, -1) for x in mentors), np.int_, len(mentors))
+
+
+def propose(
+    rows: NDArray[np.int_],
+    listed: NDArray[np.int_],
+    pinned: NDArray[np.bool_],
+    wished: NDArray[np.bool_],
+    c: PlanContext,
+) -> list[PlannedProposal]:
+    """The proposals of ``rows`` (context rows), explained against the plan of ``c``.
+
+    ``listed``: per row its chosen column, then its alternatives best first (-1 pads);
+    ``pinned``/``wished``: per row whether its mentor is a pin or a granted wish. The one
+    place where proposals, their reasons and their alternatives' why-not are made: full and
+    incremental planning both call it."""
+    # Their breakdowns in one vectorised call, in that order.
+    cell_rows = np.repeat(rows, listed.shape[1]).reshape(listed.shape)[listed >= 0]
+    cell_cols = listed[listed >= 0]
+    parts = c.scores.breakdowns(cell_rows, cell_cols)
+    cells = iter(
+        zip(
+            cell_cols.tolist(),
+            c.scores.weighted(parts).tolist(),
+            _breakdown_dicts(parts),
+            strict=True,
+        )
+    )
+    proposals = []
+    extra = (np.count_nonzero(listed >= 0, axis=1) - 1).tolist()
+    flags = zip(pinned.tolist(), wished.tolist(), strict=True)
+    for i, alternatives, (pin, wish) in zip(rows.tolist(), extra, flags, strict=True):
+        j, score, breakdown = next(cells)
+        proposals.append(
+            PlannedProposal(
+                newcomer_id=c.newcomers[i].id,
+                mentor_id=c.mentors[j].id,
+                score=score,
+                breakdown=breakdown,
+                reasons=[],  # explained below, once the whole plan is known
+                alternatives=tuple(
+                    Alternative(c.mentors[k].id, value, parts_of)
+                    for k, value, parts_of in islice(cells, alternatives)
+                ),
+                pinned=bool(pin),
+                wished=bool(wish),
+            )
+        )
+    return _explain_all(proposals, c)
+
+
+def _explain_all(proposals: list[PlannedProposal], c: PlanContext) -> list[PlannedProposal]:
     """The proposals with their distinguishing reasons, wish sentences and why-not per
     alternative, all computed from the finished plan (batched: a few vectorised score calls
     for all proposals together)."""
@@ -491,7 +528,7 @@ def _shared_statements(
     rows: list[int],
     proposals: list[PlannedProposal],
     reasons: list[list[Reason]],
-    c: _Context,
+    c: PlanContext,
 ) -> list[set[str]]:
     """Per proposal, its statements that every other eligible mentor of the newcomer would get
     word for word (none when it has no other eligible mentor). Checked against the alternatives
@@ -550,7 +587,7 @@ def _shared_statements(
     return shared
 
 
-_ONE_PAIR: dict[str, Callable[[Member, Member, _Context], float]] = {
+_ONE_PAIR: dict[str, Callable[[Member, Member, PlanContext], float]] = {
     "topics": lambda newcomer, mentor, c: topic_score(newcomer, mentor),
     "population": lambda newcomer, mentor, c: population_score(newcomer, mentor),
     "geography": lambda newcomer, mentor, c: geography_score(newcomer, mentor),
@@ -559,7 +596,7 @@ _ONE_PAIR: dict[str, Callable[[Member, Member, _Context], float]] = {
 }
 
 
-def _network_shared(row: int, c: _Context) -> bool:
+def _network_shared(row: int, c: PlanContext) -> bool:
     """Whether every eligible mentor of the row is unconnected to it in the tandem graph
     (then "no common link yet" is true of all of them)."""
     part = c.component.get(c.newcomers[row].id)
@@ -567,7 +604,7 @@ def _network_shared(row: int, c: _Context) -> bool:
 
 
 def _why_nots(
-    rows: list[int], proposals: list[PlannedProposal], c: _Context
+    rows: list[int], proposals: list[PlannedProposal], c: PlanContext
 ) -> list[tuple[Alternative, ...]]:
     """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``);
     the rivals' scores come from two vectorised calls."""
@@ -613,7 +650,7 @@ def _why_nots(
     return result
 
 
-def _wish_sentences(row: int, proposal: PlannedProposal, c: _Context) -> list[str]:
+def _wish_sentences(row: int, proposal: PlannedProposal, c: PlanContext) -> list[str]:
     """Why the newcomer's wishes are not the proposal (none when one of them is)."""
     newcomer = c.newcomers[row]
     if proposal.wished or proposal.mentor_id in newcomer.wishes:

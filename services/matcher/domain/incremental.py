@@ -545,7 +545,7 @@ class _State:
             if row is None or col is None or m in row.scores or not self._feasible(row, m):
                 continue
             score = self._score_cells(row.member, [m])[0]
-            if score > row.bound:
+            if score >= row.bound:
                 self._list(n, m, score)
                 self.dirty.add(n)
                 if not row.out and self._slack(row, m) < -_EPS:
@@ -622,9 +622,10 @@ class _State:
 
     def _prefer_closer(self) -> None:
         """As ``planning._prefer_closer``: a newcomer without a pin whose mentor is not its
-        pending one moves to an exactly tied listed mentor with room that is closer. The total
-        stays the same and so do the prices (a tied column with room has price 0, and so then
-        has the row's own column)."""
+        pending one moves to an exactly tied listed mentor with room that is closer, until
+        nobody can. The total stays the same and so do the prices (a tied column with room has
+        price 0, and so then has the row's own column)."""
+        groups = []
         for i in sorted(self.rows):
             row = self.rows[i]
             if row.col is None or row.pinned is not None or row.incumbent == row.col:
@@ -638,20 +639,34 @@ class _State:
                 continue
             ids = [row.col, *options]
             near = score_matrix(
-                [row.member], [self.cols[j].member for j in ids], self.weights, self.today,
+                [row.member],
+                [self.cols[j].member for j in ids],
+                self.weights,
+                self.today,
                 self.graph,
             ).breakdowns(np.zeros(len(ids), dtype=np.int_), np.arange(len(ids)))["geography"]
-            for k in np.argsort(-near[1:], kind="stable").tolist():
-                j = ids[1 + k]
-                if near[1 + k] > near[0] + 1e-12 and not self.cols[j].full:
-                    old = self.cols[row.col]
-                    old.rows.discard(i)
-                    old.v = 0.0
-                    self.cols[j].rows.add(i)
-                    self.touched_cols.update((row.col, j))
-                    row.col = j
-                    self.dirty.add(i)
-                    break
+            order = np.argsort(-near, kind="stable").tolist()
+            groups.append((i, [ids[k] for k in order], [float(near[k]) for k in order]))
+        moved = True
+        while moved:
+            moved = False
+            for i, tied, near_of in groups:
+                row = self.rows[i]
+                assert row.col is not None
+                own = near_of[tied.index(row.col)]
+                for j, closeness in zip(tied, near_of, strict=True):
+                    if closeness <= own + 1e-12:
+                        break
+                    if not self.cols[j].full:
+                        old = self.cols[row.col]
+                        old.rows.discard(i)
+                        old.v = 0.0
+                        self.cols[j].rows.add(i)
+                        self.touched_cols.update((row.col, j))
+                        row.col = j
+                        self.dirty.add(i)
+                        moved = True
+                        break
 
     @staticmethod
     def _changed_members(old: _Inputs, new: _Inputs) -> set[str]:
@@ -778,7 +793,7 @@ class _State:
             col = self.cols[j]
             for i, score in zip(ids, block[:, k].tolist(), strict=True):
                 row = self.rows[i]
-                if score > row.bound and self._feasible(row, j):
+                if score >= row.bound and self._feasible(row, j):
                     self._list(i, j, score)
                     self.dirty.add(i)
                     if not row.out and row.pinned is None and self._slack(row, j) < -_EPS:

@@ -368,8 +368,9 @@ def _prefer_closer(
 ) -> NDArray[np.int_]:
     """Among exactly tied mentors, the closer one: a planned newcomer whose listed mentor with
     free capacity scores exactly the same as its own but is closer (higher geography score)
-    moves there. The total stays the same, so the plan stays optimal; kept proposals, pins and
-    wishes do not move. Tandem partners visit each other: at a tie, distance decides."""
+    moves there, until nobody can. The total stays the same, so the plan stays optimal; kept
+    proposals, pins and wishes do not move. Tandem partners visit each other: at a tie,
+    distance decides."""
     if scores.shortlist.size == 0:
         return chosen
     rows = np.flatnonzero((chosen >= 0) & (fixed < 0) & (incumbent != chosen))
@@ -384,18 +385,29 @@ def _prefer_closer(
         return chosen
     result = chosen.copy()
     load = np.bincount(result[result >= 0], minlength=capacity.size)
+    groups = []  # per candidate row: its tied mentors (its own first) and their geography
     for index in candidates.tolist():
         row = int(rows[index])
-        options = listed[index][tied[index]]
-        cols = np.concatenate([[result[row]], options]).astype(np.int_)
+        cols = np.concatenate([[result[row]], listed[index][tied[index]]]).astype(np.int_)
         near = scores.breakdowns(np.full(cols.size, row, dtype=np.int_), cols)["geography"]
-        for k in np.argsort(-near[1:], kind="stable").tolist():
-            j = int(options[k])
-            if near[1 + k] > near[0] + 1e-12 and load[j] < capacity[j]:
-                load[result[row]] -= 1
-                load[j] += 1
-                result[row] = j
-                break
+        order = np.argsort(-near, kind="stable")
+        groups.append((row, cols[order].tolist(), near[order].tolist()))
+    # Until nobody moves: a move can free room that an earlier row wants (every move gains
+    # distance, so this ends).
+    moved = True
+    while moved:
+        moved = False
+        for row, cols_of, near_of in groups:
+            own = near_of[cols_of.index(int(result[row]))]
+            for j, near in zip(cols_of, near_of, strict=True):
+                if near <= own + 1e-12:
+                    break
+                if load[j] < capacity[j]:
+                    load[result[row]] -= 1
+                    load[j] += 1
+                    result[row] = j
+                    moved = True
+                    break
     return result
 
 

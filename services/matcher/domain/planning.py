@@ -22,10 +22,12 @@ from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import FIRST_CANDIDATES, solve_assignment
 from services.matcher.domain.explain import (
+    LOWER,
     Reason,
     Rival,
     pair_reasons,
     statements,
+    why_lower,
     why_not,
     wish_not_possible,
     wish_taken,
@@ -476,16 +478,16 @@ def propose(
     cell_rows = np.repeat(rows, listed.shape[1]).reshape(listed.shape)[listed >= 0]
     cell_cols = listed[listed >= 0]
     parts = c.scores.breakdowns(cell_rows, cell_cols)
-    cells = iter(
-        zip(
-            cell_cols.tolist(),
-            c.scores.weighted(parts).tolist(),
-            _breakdown_dicts(parts),
-            strict=True,
-        )
-    )
+    totals = c.scores.weighted(parts)
+    counts = np.count_nonzero(listed >= 0, axis=1)
+    table = _Cells(
+        np.column_stack([parts[name] for name in CRITERIA]) if cell_cols.size else
+        np.zeros((0, len(CRITERIA))),
+        totals, np.cumsum(counts) - counts,
+    )  # fmt: skip
+    cells = iter(zip(cell_cols.tolist(), totals.tolist(), _breakdown_dicts(parts), strict=True))
     proposals = []
-    extra = (np.count_nonzero(listed >= 0, axis=1) - 1).tolist()
+    extra = (counts - 1).tolist()
     flags = zip(pinned.tolist(), wished.tolist(), strict=True)
     for i, alternatives, (pin, wish) in zip(rows.tolist(), extra, flags, strict=True):
         j, score, breakdown = next(cells)
@@ -504,10 +506,12 @@ def propose(
                 wished=bool(wish),
             )
         )
-    return _explain_all(proposals, c)
+    return _explain_all(proposals, c, table)
 
 
-def _explain_all(proposals: list[PlannedProposal], c: PlanContext) -> list[PlannedProposal]:
+def _explain_all(
+    proposals: list[PlannedProposal], c: PlanContext, table: _Cells
+) -> list[PlannedProposal]:
     """The proposals with their distinguishing reasons, wish sentences and why-not per
     alternative, all computed from the finished plan (batched: a few vectorised score calls
     for all proposals together)."""
@@ -517,7 +521,7 @@ def _explain_all(proposals: list[PlannedProposal], c: PlanContext) -> list[Plann
         for i, p in zip(rows, proposals, strict=True)
     ]
     shared = _shared_statements(rows, proposals, reasons, c)
-    why = _why_nots(rows, proposals, c)
+    why = _why_nots(rows, proposals, c, table)
     result = []
     for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
         shown = [r.text for r in reasons[k] if r.text not in shared[k]]
@@ -546,18 +550,22 @@ def _shared_statements(
     word for word (none when it has no other eligible mentor). Checked against the alternatives
     first (already scored), then against the other eligible mentors in chunks, only for rows
     with statements still undecided, up to ``SHARED_CHECK_LIMIT`` mentors per row."""
-    eligible = c.feasible[rows].sum(axis=1) if rows else np.zeros(0, dtype=np.int_)
+    eligible = np.count_nonzero(c.feasible[rows], axis=1).tolist() if rows else []
     undecided: list[dict[str, set[str]]] = []
     shared: list[set[str]] = []
     for k, (i, found) in enumerate(zip(rows, reasons, strict=True)):
         by_criterion: dict[str, set[str]] = {}
         known: set[str] = set()
+        # Beyond the limit, no statement is called shared (see below) but the network one,
+        # which is decided on the graph: nothing to compare mentor by mentor.
+        others = eligible[k] - 1 - len(proposals[k].alternatives)
+        exhaustive = others <= SHARED_CHECK_LIMIT
         for r in found:
             if r.kind != "reason" or eligible[k] < 2:
                 continue
             if r.criterion == "network" and _network_shared(i, c):
                 known.add(r.text)  # the newcomer is linked to none of its eligible mentors
-            else:
+            elif exhaustive:
                 by_criterion.setdefault(r.criterion, set()).add(r.text)
         undecided.append(by_criterion)
         shared.append(known)
@@ -616,50 +624,95 @@ def _network_shared(row: int, c: PlanContext) -> bool:
 
 
 def _why_nots(
-    rows: list[int], proposals: list[PlannedProposal], c: PlanContext
+    rows: list[int], proposals: list[PlannedProposal], c: PlanContext, table: _Cells
 ) -> list[tuple[Alternative, ...]]:
-    """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``);
-    the rivals' scores come from two vectorised calls."""
+    """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``).
+
+    Vectorised over all alternatives: the gaps and the criterion each loses most on from the
+    cells' criteria (``table``); the rivals' scores, needed only at ties, from two calls."""
     m = len(c.mentors)
     holders = np.bincount(c.chosen[c.chosen >= 0], minlength=m)
     first = np.full(m, -1, dtype=np.int_)
     planned = np.flatnonzero(c.chosen >= 0)
     # newcomers are ordered by id: the first holder of a mentor is the smallest row.
     first[c.chosen[planned[::-1]]] = planned[::-1]
-    cells = [
-        (k, n, c.column[a.mentor_id])
-        for k, p in enumerate(proposals)
-        for n, a in enumerate(p.alternatives)
-        if holders[c.column[a.mentor_id]] > 0
-    ]
-    rival_rows = np.array([first[col] for _, _, col in cells], dtype=np.int_)
-    rival_cols = np.array([col for _, _, col in cells], dtype=np.int_)
-    own_cols = np.array([int(c.chosen[rows[k]]) for k, _, _ in cells], dtype=np.int_)
-    rival_scores = c.scores.cells(rival_rows, rival_cols).tolist() if cells else []
-    swappable = c.feasible[rival_rows, own_cols] if cells else np.zeros(0, dtype=np.bool_)
-    swaps = c.scores.cells(rival_rows, own_cols).tolist() if cells else []
-    rivals: dict[tuple[int, int], Rival] = {}
-    for index, (k, n, col) in enumerate(cells):
-        r = int(rival_rows[index])
-        rivals[(k, n)] = Rival(
-            name=c.newcomers[r].name, score=rival_scores[index],
-            swap=swaps[index] if swappable[index] else None,
-            full=int(holders[col]) >= int(c.capacity[col]),
+    counts = np.array([len(p.alternatives) for p in proposals], dtype=np.int_)
+    total = int(counts.sum())
+    own = np.repeat(table.starts, counts)
+    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    other = own + 1 + offset
+    cols = np.fromiter(
+        (c.column[a.mentor_id] for p in proposals for a in p.alternatives), np.int_, total
+    )
+    gaps = table.totals[own] - table.totals[other]
+    share = _shares_vector(c.weights)
+    loss = share * (table.parts[own] - table.parts[other])
+    worst = np.argmax(loss, axis=1) if total else np.zeros(0, dtype=np.int_)
+    positive = (loss[np.arange(total), worst] > 0).tolist()
+    held = (holders[cols] > 0).tolist()
+    full = (holders[cols] >= c.capacity[cols]).tolist()
+    rival_rows = first[cols]
+    lower = (gaps > LOWER).tolist()
+    # Ties with a held mentor: who has it, its score there and with the proposal's mentor.
+    tied = np.flatnonzero(~(gaps > LOWER) & (holders[cols] > 0))
+    own_cols = np.repeat(c.chosen[np.array(rows, dtype=np.int_)], counts) if rows else cols
+    tie_rows, tie_cols, tie_own = rival_rows[tied], cols[tied], own_cols[tied]
+    tie_scores = c.scores.cells(tie_rows, tie_cols).tolist() if tied.size else []
+    tie_swaps = c.scores.cells(tie_rows, tie_own).tolist() if tied.size else []
+    swappable = c.feasible[tie_rows, tie_own].tolist() if tied.size else []
+    rivals = {
+        int(index): Rival(
+            name=c.newcomers[r].name,
+            score=tie_scores[n],
+            swap=tie_swaps[n] if swappable[n] else None,
+            full=full[index],
             fixed=c.mentors[col].id in c.newcomers[r].wishes,
-        )  # fmt: skip
+        )
+        for n, (index, r, col) in enumerate(
+            zip(tied.tolist(), tie_rows.tolist(), tie_cols.tolist(), strict=True)
+        )
+    }
+    gap_list, worst_list, rival_list = gaps.tolist(), worst.tolist(), rival_rows.tolist()
     result = []
-    for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
+    index = 0
+    for i, p in zip(rows, proposals, strict=True):
         listed = []
-        for n, a in enumerate(p.alternatives):
-            rival = rivals.get((k, n))
-            sentence = why_not(
-                p.score, p.breakdown, a.score, a.breakdown, rival, c.weights,
-                wished=p.wished, pinned=p.pinned, incumbent=bool(c.incumbent[i] == c.chosen[i]),
-            )  # fmt: skip
-            taken_by = c.newcomers[int(first[c.column[a.mentor_id]])].id if rival else None
+        for a in p.alternatives:
+            r = rival_list[index]
+            holder = c.newcomers[r] if held[index] else None
+            if lower[index]:
+                sentence = why_lower(
+                    gap_list[index],
+                    CRITERIA[worst_list[index]] if positive[index] else None,
+                    holder.name if holder is not None and full[index] else None,
+                )
+            else:
+                sentence = why_not(
+                    p.score, p.breakdown, a.score, a.breakdown, rivals.get(index), c.weights,
+                    wished=p.wished, pinned=p.pinned,
+                    incumbent=bool(c.incumbent[i] == c.chosen[i]),
+                )  # fmt: skip
+            taken_by = holder.id if holder is not None else None
             listed.append(Alternative(a.mentor_id, a.score, a.breakdown, sentence, taken_by))
+            index += 1
         result.append(tuple(listed))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Cells:
+    """The scored cells of ``propose``, in its order (per proposal: its mentor, then its
+    alternatives): their criteria (cells x ``CRITERIA``), totals, and where each proposal's
+    cells start."""
+
+    parts: NDArray[np.float64]
+    totals: NDArray[np.float64]
+    starts: NDArray[np.int_]
+
+
+def _shares_vector(weights: Weights) -> NDArray[np.float64]:
+    share = weights.normalised()
+    return np.array([share.get(name, 0.0) for name in CRITERIA])
 
 
 def _wish_sentences(row: int, proposal: PlannedProposal, c: PlanContext) -> list[str]:

@@ -340,16 +340,20 @@ def _wish_pins(
     are granted by the same solver on the wished pairs only (most wishes granted, then the
     highest sum of their scores, current proposals kept at ties)."""
     m = len(column)
-    wish = np.zeros((len(newcomers), m), dtype=np.bool_)
-    for i, newcomer in enumerate(newcomers):
-        if pins[i] < 0:
-            for wished in newcomer.wishes:
-                if wished in column:
-                    wish[i, column[wished]] = True
-    wish &= feasible
-    rows = np.flatnonzero(wish.any(axis=1))
-    if rows.size == 0:
+    cells = [
+        (i, column[wished])
+        for i, newcomer in enumerate(newcomers)
+        if pins[i] < 0
+        for wished in newcomer.wishes
+        if wished in column and feasible[i, column[wished]]
+    ]
+    if not cells:
         return pins
+    # Only the rows with a possible wish take part (the wished pairs of the others are none).
+    rows = np.unique(np.array([i for i, _ in cells], dtype=np.int_))
+    wish = np.zeros((len(newcomers), m), dtype=np.bool_)
+    for i, j in cells:
+        wish[i, j] = True
     left = capacity - np.bincount(pins[pins >= 0], minlength=m)
     sub_incumbent = np.where(wish[rows, np.maximum(incumbent[rows], 0)], incumbent[rows], -1)
     granted = solve_assignment(

@@ -309,6 +309,10 @@ class _State:
         self._years: tuple[NDArray[np.int_], NDArray[np.int_]] | None = None
         self._component: tuple[nx.Graph, dict[str, int]] | None = None
         self._mentor_component: tuple[list[Member], NDArray[np.int_]] | None = None
+        #: Per column of ``mentor_list`` its free capacity, pins included (None: to compute).
+        self._capacities: NDArray[np.int_] | None = None
+        #: Per mentor the rows pinned to it (pins change only with a rebuild).
+        self._pinned_on: dict[str, list[str]] | None = None
 
     # --- building from scratch ----------------------------------------------------------------
 
@@ -401,6 +405,7 @@ class _State:
         return state
 
     def _set_mentor_list(self, mentors: Iterable[Member]) -> None:
+        self._capacities = None
         self.mentor_list = sorted(mentors, key=lambda x: x.id)
         self.mentor_index = {x.id: j for j, x in enumerate(self.mentor_list)}
         self.mentor_years = np.fromiter(
@@ -467,20 +472,20 @@ class _State:
         # What explanations depend on besides the own pair (``planning.propose``): who holds
         # each mentor, its capacity, the holders' names and scores (``taken_by``, ``why_not``),
         # and every eligible mentor of a row (statements shared by all are left out).
-        held_before = self._holdings()
+        held_before = self._held_before
         changed_cols: set[str] = set()
         mentors_changed = False
         old_years = np.sort(self.mentor_years)
         for i in changed:
             if i in self.rows:
                 self.dirty.add(i)  # its name or estimated fields may be in its sentences
-                changed_cols.add(held_before.get(i) or "")
+                changed_cols.add(held_before(i) or "")
             if i in self.cols:
                 mentors_changed = True
         for n, _ in excluded_added | excluded_gone:
             if n in self.rows:
                 self.dirty.add(n)
-                changed_cols.add(held_before.get(n) or "")
+                changed_cols.add(held_before(n) or "")
 
         entering: set[str] = set()
         # 1. Rows that leave, or whose member changed (they enter again with new scores).
@@ -527,6 +532,7 @@ class _State:
             # 4. Capacity changes of a kept column (the capacity first: taking the excess rows
             # out must not free places).
             col.capacity = col_now[j]
+            self._capacities = None
             for i in sorted(col.rows, reverse=True)[: max(0, len(col.rows) - col.capacity)]:
                 self._take_out(i)
                 entering.add(i)
@@ -577,10 +583,13 @@ class _State:
         self._prefer_closer()
         self._check_touched()
         # Mentors that changed hands: every row listing one may have it as an alternative.
-        held_after = self._holdings()
-        for i in held_before.keys() | held_after.keys():
-            if held_before.get(i) != held_after.get(i):
-                changed_cols.update((held_before.get(i) or "", held_after.get(i) or ""))
+        # (A row whose mentor changed is dirty: every step that moves a row marks it.)
+        for i in self.dirty:
+            row = self.rows.get(i)
+            holding = None if row is None else row.pinned or row.col
+            last = held_before(i)
+            if holding != last:
+                changed_cols.update((last or "", holding or ""))
         for j in sorted(changed_cols):
             col = self.cols.get(j)
             if col is not None:
@@ -590,14 +599,10 @@ class _State:
         self._explain()
         return True
 
-    def _holdings(self) -> dict[str, str]:
-        """Row -> the mentor it holds (its pin or its column)."""
-        held = {}
-        for i, row in self.rows.items():
-            j = row.pinned if row.pinned is not None else row.col
-            if j is not None:
-                held[i] = j
-        return held
+    def _held_before(self, i: str) -> str | None:
+        """The mentor row ``i`` held in the last plan (None: none)."""
+        proposal = self.proposals.get(i)
+        return proposal.mentor_id if proposal is not None else None
 
     def _ties(self, i: str) -> bool:
         """Whether row ``i``'s proposal has an alternative scoring at least as much."""
@@ -750,6 +755,8 @@ class _State:
         """Row ``i`` leaves for good."""
         self._take_out(i)
         row = self.rows.pop(i)
+        if row.pinned is not None:
+            self._pinned_on = self._capacities = None
         self.row_years[row.member.joined.year] -= 1
         for j in row.scores:
             col = self.cols.get(j)
@@ -1194,14 +1201,12 @@ class _State:
         if not planned:
             return
         index = self.mentor_index
-        holders: dict[str, list[str]] = {}
-        pin_load: Counter[str] = Counter()
-        for i, row in self.rows.items():
-            j = row.pinned if row.pinned is not None else row.col
-            if j is not None:
-                holders.setdefault(j, []).append(i)
-            if row.pinned is not None:
-                pin_load[row.pinned] += 1
+        if self._pinned_on is None:
+            self._pinned_on = {}
+            for i, row in self.rows.items():
+                if row.pinned is not None:
+                    self._pinned_on.setdefault(row.pinned, []).append(i)
+        pinned_on = self._pinned_on
         wanted: list[list[str]] = []
         involved = set(planned)
         for i in planned:
@@ -1213,7 +1218,10 @@ class _State:
             listed = [chosen, *(j for _, j in others[:ALTERNATIVES])]
             wanted.append(listed)
             for j in [*listed, *entry.member.wishes]:
-                involved.update(holders.get(j, ()))
+                col = self.cols.get(j)
+                if col is not None:
+                    involved.update(col.rows)
+                involved.update(pinned_on.get(j, ()))
         ids = sorted(involved)
         members = [self.rows[i].member for i in ids]
         mentors = self.mentor_list
@@ -1229,9 +1237,13 @@ class _State:
         chosen_cols = np.array([-1 if j is None else index[j] for j in held], dtype=np.int_)
         pending = self.inputs.pending
         incumbent = np.array([index.get(pending.get(i, ""), -1) for i in ids], dtype=np.int_)
-        capacity = np.fromiter(
-            (self.cols[x.id].capacity + pin_load[x.id] for x in mentors), np.int_, len(mentors)
-        )
+        if self._capacities is None:
+            self._capacities = np.fromiter(
+                (self.cols[x.id].capacity + len(pinned_on.get(x.id, ())) for x in mentors),
+                np.int_,
+                len(mentors),
+            )
+        capacity = self._capacities
         if self._component is None or self._component[0] is not self.graph:
             self._component = (self.graph, components_of(self.graph))
         component = self._component[1]

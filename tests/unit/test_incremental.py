@@ -343,11 +343,31 @@ def test_a_mentor_that_changes_what_all_share_re_explains_the_others() -> None:
     statement = "gleiches Bundesland (Baden-Württemberg)"
     pending: dict[str, str] = {}
     for extra in ([], [city("zz", state="DE-BY", population=400_000)], []):
-        args = ([*members, *extra], [], pending, set(), set(), {}, DEFAULT_WEIGHTS, TODAY)
-        plan = planner.plan(*args)  # type: ignore[arg-type]
+        now = [*members, *extra]
+        plan = planner.plan(now, [], pending, set(), set(), {}, DEFAULT_WEIGHTS, TODAY)
         proposal = plan.proposal_for("n")
         assert proposal is not None
         assert (statement in proposal.reasons) == bool(extra)
-        assert proposal == plan_tandems(*args).proposal_for("n")  # type: ignore[arg-type]
+        full = plan_tandems(now, [], pending, set(), set(), {}, DEFAULT_WEIGHTS, TODAY)
+        assert proposal == full.proposal_for("n")
         pending = {"n": proposal.mentor_id}
     assert planner.stats.incremental == 2
+
+
+def test_wishes_plan_in_full_until_nobody_waiting_has_one() -> None:
+    world = World(19, newcomers=10, mentors=30)
+    planner = IncrementalPlanner(verify_every=1)
+    world.adopt(planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY))
+    newcomer = next(x for x in world.members.values() if x.seeks_tandem)
+    mentor = next(x for x in world.members.values() if x.mentor_capacity and not x.seeks_tandem)
+    world.members[newcomer.id] = replace(newcomer, wishes=(mentor.id,))
+    plan = planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY)
+    assert planner.stats.last == "full" and planner._state is None
+    assert plan == plan_tandems(*world.args(), DEFAULT_WEIGHTS, TODAY)
+    world.adopt(plan)
+    world.members[newcomer.id] = replace(newcomer, wishes=())
+    planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY)  # builds the state again
+    world.change(0)
+    plan = planner.plan(*world.args(), DEFAULT_WEIGHTS, TODAY)
+    assert planner.stats.last == "incremental"
+    assert_same_optimum(plan, plan_tandems(*world.args(), DEFAULT_WEIGHTS, TODAY), world.pending)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from schemas.member import STATES
 from schemas.topics import topic_label
@@ -112,10 +113,10 @@ ESTIMATE_CONDITION = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(NamedTuple):
     """One sentence about a pair: ``kind`` is ``"reason"`` (a statement of fact that may or
-    may not distinguish this mentor), ``"weak"`` (a weak point) or ``"wish"``."""
+    may not distinguish this mentor), ``"weak"`` (a weak point) or ``"wish"``. (A named tuple:
+    a plan makes several per proposal, and tuples are the cheapest to make.)"""
 
     criterion: str
     text: str

@@ -143,7 +143,8 @@ def free_capacity(
 ) -> dict[str, int]:
     """Per member: ``mentor_capacity`` minus its running tandems as mentor (never below 0)."""
     running = Counter(t.mentor_id for t in tandems if t.is_running(today))
-    return {x.id: max(0, x.mentor_capacity - running[x.id]) for x in members}
+    taken = running.get
+    return {x.id: max(0, x.mentor_capacity - taken(x.id, 0)) for x in members}
 
 
 def plan_tandems(
@@ -552,8 +553,10 @@ def _shared_statements(
 ) -> list[set[str]]:
     """Per proposal, its statements that every other eligible mentor of the newcomer would get
     word for word (none when it has no other eligible mentor). Checked against the alternatives
-    first (already scored), then against the other eligible mentors in chunks, only for rows
-    with statements still undecided, up to ``SHARED_CHECK_LIMIT`` mentors per row."""
+    first (already scored), then against the other eligible mentors one by one, only for rows
+    with statements still undecided. A row with more than ``SHARED_CHECK_LIMIT`` other eligible
+    mentors (besides the proposal's and the alternatives) shares no statement but the network
+    one (not every eligible mentor would be looked at)."""
     eligible = np.count_nonzero(c.feasible[rows], axis=1).tolist() if rows else []
     undecided: list[dict[str, set[str]]] = []
     shared: list[set[str]] = []
@@ -592,19 +595,18 @@ def _shared_statements(
     for k, proposal in enumerate(proposals):
         if not undecided[k]:
             continue
+        # Only rows with at most SHARED_CHECK_LIMIT other eligible mentors have statements
+        # undecided (see above): every one of them is looked at, in column order.
         row = rows[k]
-        usable = c.feasible[row].copy()
-        usable[int(c.chosen[row])] = False
-        usable[[c.column[a.mentor_id] for a in proposal.alternatives]] = False
-        others = np.flatnonzero(usable)
+        seen = {int(c.chosen[row]), *(c.column[a.mentor_id] for a in proposal.alternatives)}
         newcomer = c.newcomers[row]
-        for j in others[:SHARED_CHECK_LIMIT].tolist():
+        for j in np.flatnonzero(c.feasible[row]).tolist():
+            if j in seen:
+                continue
             mentor = c.mentors[j]
             narrow(k, mentor, {name: _ONE_PAIR[name](newcomer, mentor, c) for name in undecided[k]})
             if not undecided[k]:
                 break
-        if others.size > SHARED_CHECK_LIMIT:
-            undecided[k] = {}  # not every eligible mentor was looked at: keep the statements
     for k in range(len(rows)):
         for texts in undecided[k].values():
             shared[k] |= texts

@@ -57,6 +57,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import INCUMBENT_TOLERANCE
+from services.matcher.domain.explain import LOWER
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
 from services.matcher.domain.planning import (
@@ -608,7 +609,7 @@ class _State:
         """Whether row ``i``'s proposal has an alternative scoring at least as much."""
         proposal = self.proposals.get(i)
         return proposal is not None and any(
-            a.score >= proposal.score - 1e-9 for a in proposal.alternatives
+            not proposal.score - a.score > LOWER for a in proposal.alternatives
         )
 
     def _dirty_shared(self, old_years: NDArray[np.int_]) -> None:

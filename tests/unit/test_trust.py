@@ -20,9 +20,11 @@ from services.matcher.domain.explain import (
     CATALOGUE,
     ESTIMATE_CONDITION,
     ESTIMATE_SUFFIX,
+    Rival,
     catalogued,
     explain_pair,
     size_factor,
+    why_not,
 )
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, plan_tandems
@@ -216,6 +218,14 @@ def test_taken_by_and_why_not_agree_with_the_joint_plan(members: list[Member]) -
             users = sorted(n for n, m in mentor_of.items() if m == alternative.mentor_id)
             assert alternative.taken_by == (users[0] if users else None)
             assert alternative.why_not
+            if alternative.score < proposal.score - 1e-9:
+                # The plan's vectorised sentence is the one-pair sentence.
+                full = len(users) >= capacity[alternative.mentor_id]
+                rival = Rival(names[users[0]], 0.0, None, full) if users else None
+                assert alternative.why_not == why_not(
+                    proposal.score, proposal.breakdown, alternative.score,
+                    alternative.breakdown, rival, DEFAULT_WEIGHTS,
+                )  # fmt: skip
             if alternative.score > proposal.score + 1e-6 and not proposal.wished:
                 # Only the joint plan can explain a better alternative: its mentor is full.
                 assert len(users) >= capacity[alternative.mentor_id]

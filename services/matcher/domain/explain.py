@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from schemas.member import STATES
 from schemas.topics import topic_label
@@ -112,10 +113,10 @@ ESTIMATE_CONDITION = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(NamedTuple):
     """One sentence about a pair: ``kind`` is ``"reason"`` (a statement of fact that may or
-    may not distinguish this mentor), ``"weak"`` (a weak point) or ``"wish"``."""
+    may not distinguish this mentor), ``"weak"`` (a weak point) or ``"wish"``. (A named tuple:
+    a plan makes several per proposal, and tuples are the cheapest to make.)"""
 
     criterion: str
     text: str
@@ -392,6 +393,22 @@ class Rival:
     fixed: bool = False
 
 
+#: An alternative scoring less than the proposal by more than this is "lower" (``why_lower``).
+LOWER = 1e-9
+
+
+def why_lower(gap: float, worst: str | None, holder: str | None) -> str:
+    """``why_not`` of an alternative scoring ``gap`` (> ``LOWER``) less: ``worst`` is the
+    criterion where it loses most (weight x difference; None when it loses on none), ``holder``
+    the newcomer of the plan that fills the mentor's last place (None if it has room)."""
+    sentence = f"{_points(gap)} Punkte weniger"
+    if worst is not None:
+        sentence += f", vor allem bei {CRITERIA_DE.get(worst, worst)}"
+    if holder is not None:
+        sentence += f"; zudem im gemeinsamen Plan für {holder} vorgesehen"
+    return sentence + "."
+
+
 def why_not(
     proposal_score: float,
     proposal_breakdown: Mapping[str, float],
@@ -412,7 +429,7 @@ def why_not(
     is a wish, a pin, or kept at a tie.
     """
     gap = proposal_score - alternative_score
-    if gap > 1e-9:
+    if gap > LOWER:
         share = _shares(weights)
         loss = {
             name: share.get(name, 0.0)
@@ -420,12 +437,11 @@ def why_not(
             for name in CRITERIA
         }
         worst = max(loss, key=lambda name: loss[name])
-        sentence = f"{_points(gap)} Punkte weniger"
-        if loss[worst] > 0:
-            sentence += f", vor allem bei {CRITERIA_DE.get(worst, worst)}"
-        if rival is not None and rival.full:
-            sentence += f"; zudem im gemeinsamen Plan für {rival.name} vorgesehen"
-        return sentence + "."
+        return why_lower(
+            gap,
+            worst if loss[worst] > 0 else None,
+            rival.name if rival is not None and rival.full else None,
+        )
     if wished:
         return "Der Vorschlag ist ein Wunsch des neuen Mitglieds; Wünsche gehen vor."
     if pinned:

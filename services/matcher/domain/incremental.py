@@ -51,29 +51,31 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 
 import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import INCUMBENT_TOLERANCE
-from services.matcher.domain.explain import explain_pair
+from services.matcher.domain.explain import LOWER
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
 from services.matcher.domain.planning import (
     ALTERNATIVES,
+    SHARED_CHECK_LIMIT,
     SHORTLIST,
-    Alternative,
     Plan,
+    PlanContext,
     PlannedProposal,
-    _breakdown_dicts,
     _feasibility,
     _pins,
     _unmatched_reason,
+    components_of,
     free_capacity,
+    mentor_components,
     newcomers_of,
     plan_tandems,
+    propose,
 )
 from services.matcher.domain.scoring import Weights, score_matrix
 
@@ -215,6 +217,16 @@ class IncrementalPlanner:
             today=today,
         )
         with self._lock:
+            if _wishes_waiting(inputs):
+                # Wishes are granted like pins before the main solve (``plan_tandems``): while
+                # a waiting newcomer has wishes, every plan is a full one.
+                self._state = None
+                self.stats.full += 1
+                self.stats.last = "full"
+                return plan_tandems(
+                    inputs.member_list, inputs.tandems, inputs.pending, set(inputs.excluded),
+                    set(), inputs.pinned, inputs.weights, inputs.today,
+                )  # fmt: skip
             state = self._state
             if state is not None and not full:
                 try:
@@ -261,6 +273,15 @@ class IncrementalPlanner:
                 self._state.verify()
 
 
+def _wishes_waiting(inputs: _Inputs) -> bool:
+    """Whether a waiting newcomer (see ``newcomers_of``) has wishes."""
+    wishing = [x for x in inputs.member_list if x.wishes and x.active and x.seeks_tandem]
+    if not wishing:
+        return False
+    had_tandem = {t.newcomer_id for t in inputs.tandems}
+    return any(x.id not in had_tandem for x in wishing)
+
+
 class _State:
     """Rows, columns, prices and proposals of the last plan, and how to update them."""
 
@@ -287,6 +308,12 @@ class _State:
         self.budget = UPDATE_BUDGET  # cells the augmenting paths may still scan
         self.crowded_share = CROWDED_SHARE
         self._years: tuple[NDArray[np.int_], NDArray[np.int_]] | None = None
+        self._component: tuple[nx.Graph, dict[str, int]] | None = None
+        self._mentor_component: tuple[list[Member], NDArray[np.int_]] | None = None
+        #: Per column of ``mentor_list`` its free capacity, pins included (None: to compute).
+        self._capacities: NDArray[np.int_] | None = None
+        #: Per mentor the rows pinned to it (pins change only with a rebuild).
+        self._pinned_on: dict[str, list[str]] | None = None
 
     # --- building from scratch ----------------------------------------------------------------
 
@@ -374,10 +401,12 @@ class _State:
         for row in state.rows.values():  # pinned rows are never part of the problem
             if row.pinned is not None:
                 row.out = False
+        state._prefer_closer()
         state._explain()
         return state
 
     def _set_mentor_list(self, mentors: Iterable[Member]) -> None:
+        self._capacities = None
         self.mentor_list = sorted(mentors, key=lambda x: x.id)
         self.mentor_index = {x.id: j for j, x in enumerate(self.mentor_list)}
         self.mentor_years = np.fromiter(
@@ -441,6 +470,23 @@ class _State:
             self.excluded_of.setdefault(n, set()).add(m)
         for n, m in excluded_gone:
             self.excluded_of.get(n, set()).discard(m)
+        # What explanations depend on besides the own pair (``planning.propose``): who holds
+        # each mentor, its capacity, the holders' names and scores (``taken_by``, ``why_not``),
+        # and every eligible mentor of a row (statements shared by all are left out).
+        held_before = self._held_before
+        changed_cols: set[str] = set()
+        mentors_changed = False
+        old_years = np.sort(self.mentor_years)
+        for i in changed:
+            if i in self.rows:
+                self.dirty.add(i)  # its name or estimated fields may be in its sentences
+                changed_cols.add(held_before(i) or "")
+            if i in self.cols:
+                mentors_changed = True
+        for n, _ in excluded_added | excluded_gone:
+            if n in self.rows:
+                self.dirty.add(n)
+                changed_cols.add(held_before(n) or "")
 
         entering: set[str] = set()
         # 1. Rows that leave, or whose member changed (they enter again with new scores).
@@ -476,6 +522,8 @@ class _State:
                     added_cols.append(j)
                 continue
             assert member is not None or col_now[j] == 0
+            mentors_changed = True
+            changed_cols.add(j)
             if col_now[j] == 0 or member is None or _profile(member) != _profile(col.member):
                 entering |= self._drop_col(j)
                 if col_now[j] > 0:
@@ -485,11 +533,13 @@ class _State:
             # 4. Capacity changes of a kept column (the capacity first: taking the excess rows
             # out must not free places).
             col.capacity = col_now[j]
+            self._capacities = None
             for i in sorted(col.rows, reverse=True)[: max(0, len(col.rows) - col.capacity)]:
                 self._take_out(i)
                 entering.add(i)
             self.touched_cols.add(j)
             self._free_all(j)
+        mentors_changed |= bool(added_cols)
         if added_cols or any(j not in self.cols for j in col_now if j in self.mentor_index):
             self._set_mentor_list(c.member for c in self.cols.values())
         # 5. New columns: one column of scores against every row.
@@ -502,7 +552,7 @@ class _State:
             if row is None or col is None or m in row.scores or not self._feasible(row, m):
                 continue
             score = self._score_cells(row.member, [m])[0]
-            if score > row.bound:
+            if score >= row.bound:
                 self._list(n, m, score)
                 self.dirty.add(n)
                 if not row.out and self._slack(row, m) < -_EPS:
@@ -514,6 +564,8 @@ class _State:
             for i in sorted({i for i, _ in old_pending.items() ^ new_pending.items()}):
                 if i in self.rows and self._set_incumbent(i, new_pending.get(i)):
                     entering.add(i)
+                if self._ties(i):  # "kept at a tie" or not: its why-not may change
+                    self.dirty.add(i)
         # 8. New rows, and every row taken out, enter (in id order: deterministic).
         fresh = sorted(i for i, now in row_now.items() if now and i not in self.rows)
         self._new_rows(fresh, new)
@@ -529,9 +581,98 @@ class _State:
         entering.update(short)
         entering = {i for i in entering if i in self.rows and self.rows[i].out}
         self._enter(sorted(entering))
+        self._prefer_closer()
         self._check_touched()
+        # Mentors that changed hands: every row listing one may have it as an alternative.
+        # (A row whose mentor changed is dirty: every step that moves a row marks it.)
+        for i in self.dirty:
+            row = self.rows.get(i)
+            holding = None if row is None else row.pinned or row.col
+            last = held_before(i)
+            if holding != last:
+                changed_cols.update((last or "", holding or ""))
+        for j in sorted(changed_cols):
+            col = self.cols.get(j)
+            if col is not None:
+                self.dirty.update(col.listed_by)
+        if mentors_changed:
+            self._dirty_shared(old_years)
         self._explain()
         return True
+
+    def _held_before(self, i: str) -> str | None:
+        """The mentor row ``i`` held in the last plan (None: none)."""
+        proposal = self.proposals.get(i)
+        return proposal.mentor_id if proposal is not None else None
+
+    def _ties(self, i: str) -> bool:
+        """Whether row ``i``'s proposal has an alternative scoring at least as much."""
+        proposal = self.proposals.get(i)
+        return proposal is not None and any(
+            not proposal.score - a.score > LOWER for a in proposal.alternatives
+        )
+
+    def _dirty_shared(self, old_years: NDArray[np.int_]) -> None:
+        """The mentors (columns) changed: mark the rows whose "shared by every eligible mentor"
+        statements may change. Those are the rows whose eligible mentors are all compared
+        (at most ``SHARED_CHECK_LIMIT`` besides the proposal and alternatives, before or
+        after) and rows in the tandem graph (their network statement)."""
+        limit = SHARED_CHECK_LIMIT + ALTERNATIVES + 1
+        new_years = np.sort(self.mentor_years)
+        for i, row in self.rows.items():
+            year = row.member.joined.year
+            before = int(np.searchsorted(old_years, year))
+            after = int(np.searchsorted(new_years, year))
+            if min(before, after) <= limit or i in self.graph:
+                self.dirty.add(i)
+
+    def _prefer_closer(self) -> None:
+        """As ``planning._prefer_closer``: a newcomer without a pin whose mentor is not its
+        pending one moves to an exactly tied listed mentor with room that is closer, until
+        nobody can. The total stays the same and so do the prices (a tied column with room has
+        price 0, and so then has the row's own column)."""
+        groups = []
+        for i in sorted(self.rows):
+            row = self.rows[i]
+            if row.col is None or row.pinned is not None or row.incumbent == row.col:
+                continue
+            own = row.scores[row.col]
+            options = sorted(
+                j for j, s in row.scores.items()
+                if j != row.col and j != row.incumbent and abs(s - own) <= 1e-12
+            )  # fmt: skip
+            if not options:
+                continue
+            ids = [row.col, *options]
+            near = score_matrix(
+                [row.member],
+                [self.cols[j].member for j in ids],
+                self.weights,
+                self.today,
+                self.graph,
+            ).breakdowns(np.zeros(len(ids), dtype=np.int_), np.arange(len(ids)))["geography"]
+            order = np.argsort(-near, kind="stable").tolist()
+            groups.append((i, [ids[k] for k in order], [float(near[k]) for k in order]))
+        moved = True
+        while moved:
+            moved = False
+            for i, tied, near_of in groups:
+                row = self.rows[i]
+                assert row.col is not None
+                own = near_of[tied.index(row.col)]
+                for j, closeness in zip(tied, near_of, strict=True):
+                    if closeness <= own + 1e-12:
+                        break
+                    if not self.cols[j].full:
+                        old = self.cols[row.col]
+                        old.rows.discard(i)
+                        old.v = 0.0
+                        self.cols[j].rows.add(i)
+                        self.touched_cols.update((row.col, j))
+                        row.col = j
+                        self.dirty.add(i)
+                        moved = True
+                        break
 
     @staticmethod
     def _changed_members(old: _Inputs, new: _Inputs) -> set[str]:
@@ -615,6 +756,8 @@ class _State:
         """Row ``i`` leaves for good."""
         self._take_out(i)
         row = self.rows.pop(i)
+        if row.pinned is not None:
+            self._pinned_on = self._capacities = None
         self.row_years[row.member.joined.year] -= 1
         for j in row.scores:
             col = self.cols.get(j)
@@ -658,7 +801,7 @@ class _State:
             col = self.cols[j]
             for i, score in zip(ids, block[:, k].tolist(), strict=True):
                 row = self.rows[i]
-                if score > row.bound and self._feasible(row, j):
+                if score >= row.bound and self._feasible(row, j):
                     self._list(i, j, score)
                     self.dirty.add(i)
                     if not row.out and row.pinned is None and self._slack(row, j) < -_EPS:
@@ -1038,12 +1181,17 @@ class _State:
     # --- the plan ---------------------------------------------------------------------------------
 
     def _explain(self) -> None:
-        """Rebuild the proposals of the dirty rows (new or changed) and the unmatched reasons."""
+        """Rebuild the proposals of the dirty rows and the unmatched reasons, with
+        ``planning.propose`` against a context of just those rows and the holders of the
+        mentors they list. A rebuilt proposal equal to the one before stays that object."""
         dirty, self.dirty = sorted(self.dirty), set()
         planned: list[str] = []
+        before: dict[str, PlannedProposal] = {}
         for i in dirty:
             row = self.rows.get(i)
-            self.proposals.pop(i, None)
+            old = self.proposals.pop(i, None)
+            if old is not None:
+                before[i] = old
             self.unmatched.pop(i, None)
             if row is None:
                 continue
@@ -1053,46 +1201,71 @@ class _State:
                 planned.append(i)
         if not planned:
             return
-        members = [self.rows[i].member for i in planned]
+        index = self.mentor_index
+        if self._pinned_on is None:
+            self._pinned_on = {}
+            for i, row in self.rows.items():
+                if row.pinned is not None:
+                    self._pinned_on.setdefault(row.pinned, []).append(i)
+        pinned_on = self._pinned_on
         wanted: list[list[str]] = []
+        involved = set(planned)
         for i in planned:
             entry = self.rows[i]
             chosen = entry.pinned if entry.pinned is not None else entry.col
             assert chosen is not None
             # Best first, equal scores by mentor id (the column order of a full plan).
             others = sorted((-s, j) for j, s in entry.scores.items() if j != chosen)
-            wanted.append([chosen, *(j for _, j in others[:ALTERNATIVES])])
-        # Few proposals (an incremental plan): score against just their mentors.
+            listed = [chosen, *(j for _, j in others[:ALTERNATIVES])]
+            wanted.append(listed)
+            for j in [*listed, *entry.member.wishes]:
+                col = self.cols.get(j)
+                if col is not None:
+                    involved.update(col.rows)
+                involved.update(pinned_on.get(j, ()))
+        ids = sorted(involved)
+        members = [self.rows[i].member for i in ids]
         mentors = self.mentor_list
-        needed = {j for listed in wanted for j in listed}
-        if 8 * len(needed) < len(mentors):
-            mentors = [self.cols[j].member for j in sorted(needed)]
-        index = {x.id: k for k, x in enumerate(mentors)}
-        cell_rows = [k for k, listed in enumerate(wanted) for _ in listed]
-        cell_cols = [index[j] for listed in wanted for j in listed]
-        counts = [len(listed) for listed in wanted]
-        scores = score_matrix(members, mentors, self.weights, self.today, self.graph)
-        parts = scores.breakdowns(
-            np.array(cell_rows, dtype=np.int_), np.array(cell_cols, dtype=np.int_)
-        )
-        cells = iter(
-            zip(cell_cols, scores.weighted(parts).tolist(), _breakdown_dicts(parts), strict=True)
-        )
-        for i, member, count in zip(planned, members, counts, strict=True):
-            j, score, breakdown = next(cells)
-            mentor = mentors[j]
-            self.proposals[i] = PlannedProposal(
-                newcomer_id=i,
-                mentor_id=mentor.id,
-                score=score,
-                breakdown=breakdown,
-                reasons=explain_pair(member, mentor, breakdown, self.weights),
-                alternatives=tuple(
-                    Alternative(mentors[k].id, value, parts_of)
-                    for k, value, parts_of in islice(cells, count - 1)
-                ),
-                pinned=self.rows[i].pinned is not None,
+        years = np.fromiter((x.joined.year for x in members), np.int_, len(members))
+        feasible = self.mentor_years[None, :] < years[:, None]
+        for k, i in enumerate(ids):
+            for j in self.excluded_of.get(i, ()):
+                if j in index:
+                    feasible[k, index[j]] = False
+            if i in index:
+                feasible[k, index[i]] = False
+        held = [self.rows[i].pinned or self.rows[i].col for i in ids]
+        chosen_cols = np.array([-1 if j is None else index[j] for j in held], dtype=np.int_)
+        pending = self.inputs.pending
+        incumbent = np.array([index.get(pending.get(i, ""), -1) for i in ids], dtype=np.int_)
+        if self._capacities is None:
+            self._capacities = np.fromiter(
+                (self.cols[x.id].capacity + len(pinned_on.get(x.id, ())) for x in mentors),
+                np.int_,
+                len(mentors),
             )
+        capacity = self._capacities
+        if self._component is None or self._component[0] is not self.graph:
+            self._component = (self.graph, components_of(self.graph))
+        component = self._component[1]
+        if self._mentor_component is None or self._mentor_component[0] is not mentors:
+            self._mentor_component = (mentors, mentor_components(mentors, component))
+        context = PlanContext(
+            members, mentors, index, capacity, feasible, chosen_cols,
+            score_matrix(members, mentors, self.weights, self.today, self.graph),
+            self.weights, self.graph, self.inputs.members, self.inputs.excluded, incumbent,
+            component, self._mentor_component[1], {x: k for k, x in enumerate(ids)}, self.today,
+        )  # fmt: skip
+        width = max(len(listed) for listed in wanted)
+        listed_cols = np.full((len(planned), width), -1, dtype=np.int_)
+        for k, listed in enumerate(wanted):
+            listed_cols[k, : len(listed)] = [index[j] for j in listed]
+        rows = np.array([context.row[i] for i in planned], dtype=np.int_)
+        pinned = np.array([self.rows[i].pinned is not None for i in planned], dtype=np.bool_)
+        wished = np.zeros(len(planned), dtype=np.bool_)  # wishes are planned in full
+        for proposal in propose(rows, listed_cols, pinned, wished, context):
+            old = before.get(proposal.newcomer_id)
+            self.proposals[proposal.newcomer_id] = old if old == proposal else proposal
 
     def _unmatched_reason(self, row: _Row) -> str:
         if self._years is None:

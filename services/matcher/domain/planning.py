@@ -22,10 +22,12 @@ from numpy.typing import NDArray
 
 from services.matcher.domain.assignment import FIRST_CANDIDATES, solve_assignment
 from services.matcher.domain.explain import (
+    LOWER,
     Reason,
     Rival,
     pair_reasons,
     statements,
+    why_lower,
     why_not,
     wish_not_possible,
     wish_taken,
@@ -141,7 +143,8 @@ def free_capacity(
 ) -> dict[str, int]:
     """Per member: ``mentor_capacity`` minus its running tandems as mentor (never below 0)."""
     running = Counter(t.mentor_id for t in tandems if t.is_running(today))
-    return {x.id: max(0, x.mentor_capacity - running[x.id]) for x in members}
+    taken = running.get
+    return {x.id: max(0, x.mentor_capacity - taken(x.id, 0)) for x in members}
 
 
 def plan_tandems(
@@ -200,50 +203,17 @@ def plan_tandems(
             newcomers[row], years, mentor_years, feasible[row]
         )
     rows = np.flatnonzero(chosen >= 0)
-    # Per planned newcomer: its mentor, then its alternatives (-1 pads); their breakdowns in
-    # one vectorised call, in that order.
-    listed = np.column_stack([chosen[rows], _alternatives(scores.shortlist[rows], chosen[rows])])
-    cell_rows = np.repeat(rows, listed.shape[1]).reshape(listed.shape)[listed >= 0]
-    cell_cols = listed[listed >= 0]
-    parts = scores.breakdowns(cell_rows, cell_cols)
-    cells = iter(
-        zip(
-            cell_cols.tolist(),
-            scores.weighted(parts).tolist(),
-            _breakdown_dicts(parts),
-            strict=True,
-        )
-    )
-    proposals = []
-    extra = (np.count_nonzero(listed >= 0, axis=1) - 1).tolist()
-    for i, alternatives in zip(rows.tolist(), extra, strict=True):
-        j, score, breakdown = next(cells)
-        newcomer, mentor = newcomers[i], mentors[j]
-        proposals.append(
-            PlannedProposal(
-                newcomer_id=newcomer.id,
-                mentor_id=mentor.id,
-                score=score,
-                breakdown=breakdown,
-                reasons=[],  # explained below, once the whole plan is known
-                alternatives=tuple(
-                    Alternative(mentors[k].id, value, parts_of)
-                    for k, value, parts_of in islice(cells, alternatives)
-                ),
-                pinned=bool(pins[i] >= 0),
-                wished=bool(wish_pins[i] >= 0 and pins[i] < 0),
-            )
-        )
-    component = {
-        node: index for index, part in enumerate(nx.connected_components(graph)) for node in part
-    }
-    context = _Context(
+    component = components_of(graph)
+    context = PlanContext(
         newcomers, mentors, column, capacity, feasible, chosen, scores, weights, graph,
         {x.id: x for x in members}, rejected | forbidden, incumbent, component,
-        np.array([component.get(x.id, -1) for x in mentors], dtype=np.int_),
-        {x.id: i for i, x in enumerate(newcomers)}, today,
+        mentor_components(mentors, component), {x.id: i for i, x in enumerate(newcomers)}, today,
     )  # fmt: skip
-    proposals = _explain_all(proposals, context)
+    # Per planned newcomer: its mentor, then its alternatives (-1 pads).
+    listed = np.column_stack([chosen[rows], _alternatives(scores.shortlist[rows], chosen[rows])])
+    proposals = propose(
+        rows, listed, pins[rows] >= 0, (wish_pins[rows] >= 0) & (pins[rows] < 0), context
+    )
     return Plan(proposals=proposals, unmatched=unmatched, dropped_pins=dropped)
 
 
@@ -371,16 +341,20 @@ def _wish_pins(
     are granted by the same solver on the wished pairs only (most wishes granted, then the
     highest sum of their scores, current proposals kept at ties)."""
     m = len(column)
-    wish = np.zeros((len(newcomers), m), dtype=np.bool_)
-    for i, newcomer in enumerate(newcomers):
-        if pins[i] < 0:
-            for wished in newcomer.wishes:
-                if wished in column:
-                    wish[i, column[wished]] = True
-    wish &= feasible
-    rows = np.flatnonzero(wish.any(axis=1))
-    if rows.size == 0:
+    cells = [
+        (i, column[wished])
+        for i, newcomer in enumerate(newcomers)
+        if pins[i] < 0
+        for wished in newcomer.wishes
+        if wished in column and feasible[i, column[wished]]
+    ]
+    if not cells:
         return pins
+    # Only the rows with a possible wish take part (the wished pairs of the others are none).
+    rows = np.unique(np.array([i for i, _ in cells], dtype=np.int_))
+    wish = np.zeros((len(newcomers), m), dtype=np.bool_)
+    for i, j in cells:
+        wish[i, j] = True
     left = capacity - np.bincount(pins[pins >= 0], minlength=m)
     sub_incumbent = np.where(wish[rows, np.maximum(incumbent[rows], 0)], incumbent[rows], -1)
     granted = solve_assignment(
@@ -401,8 +375,9 @@ def _prefer_closer(
 ) -> NDArray[np.int_]:
     """Among exactly tied mentors, the closer one: a planned newcomer whose listed mentor with
     free capacity scores exactly the same as its own but is closer (higher geography score)
-    moves there. The total stays the same, so the plan stays optimal; kept proposals, pins and
-    wishes do not move. Tandem partners visit each other: at a tie, distance decides."""
+    moves there, until nobody can. The total stays the same, so the plan stays optimal; kept
+    proposals, pins and wishes do not move. Tandem partners visit each other: at a tie,
+    distance decides."""
     if scores.shortlist.size == 0:
         return chosen
     rows = np.flatnonzero((chosen >= 0) & (fixed < 0) & (incumbent != chosen))
@@ -417,18 +392,29 @@ def _prefer_closer(
         return chosen
     result = chosen.copy()
     load = np.bincount(result[result >= 0], minlength=capacity.size)
+    groups = []  # per candidate row: its tied mentors (its own first) and their geography
     for index in candidates.tolist():
         row = int(rows[index])
-        options = listed[index][tied[index]]
-        cols = np.concatenate([[result[row]], options]).astype(np.int_)
+        cols = np.concatenate([[result[row]], listed[index][tied[index]]]).astype(np.int_)
         near = scores.breakdowns(np.full(cols.size, row, dtype=np.int_), cols)["geography"]
-        for k in np.argsort(-near[1:], kind="stable").tolist():
-            j = int(options[k])
-            if near[1 + k] > near[0] + 1e-12 and load[j] < capacity[j]:
-                load[result[row]] -= 1
-                load[j] += 1
-                result[row] = j
-                break
+        order = np.argsort(-near, kind="stable")
+        groups.append((row, cols[order].tolist(), near[order].tolist()))
+    # Until nobody moves: a move can free room that an earlier row wants (every move gains
+    # distance, so this ends).
+    moved = True
+    while moved:
+        moved = False
+        for row, cols_of, near_of in groups:
+            own = near_of[cols_of.index(int(result[row]))]
+            for j, near in zip(cols_of, near_of, strict=True):
+                if near <= own + 1e-12:
+                    break
+                if load[j] < capacity[j]:
+                    load[result[row]] -= 1
+                    load[j] += 1
+                    result[row] = j
+                    moved = True
+                    break
     return result
 
 
@@ -439,7 +425,17 @@ SHARED_CHECK_LIMIT = 512
 
 
 @dataclass(frozen=True, slots=True)
-class _Context:
+class PlanContext:
+    """What explaining proposals needs to know of a joint plan, for ``propose``.
+
+    Rows are newcomers ordered by id: every newcomer to explain and every holder of a mentor
+    one of them lists (as alternative or wish); ``plan_tandems`` passes all newcomers, the
+    incremental planner just those. Columns are every mentor with free capacity (pins
+    included), ordered by id. ``feasible``, ``chosen`` (column or -1), ``incumbent`` (the
+    column of the pending mentor or -1) and ``scores`` are over those rows and columns;
+    ``capacity`` is each column's free capacity; ``component`` maps members to their
+    connected component of ``graph`` and ``mentor_component`` the columns (-1: none)."""
+
     newcomers: Sequence[Member]
     mentors: Sequence[Member]
     column: Mapping[str, int]
@@ -450,7 +446,7 @@ class _Context:
     weights: Weights
     graph: nx.Graph
     members: Mapping[str, Member]
-    excluded: set[Pair]
+    excluded: set[Pair] | frozenset[Pair]
     incumbent: NDArray[np.int_]
     component: Mapping[str, int]
     mentor_component: NDArray[np.int_]
@@ -458,7 +454,69 @@ class _Context:
     today: dt.date
 
 
-def _explain_all(proposals: list[PlannedProposal], c: _Context) -> list[PlannedProposal]:
+def components_of(graph: nx.Graph) -> dict[str, int]:
+    """Member id -> the number of its connected component in the tandem graph."""
+    return {
+        node: index for index, part in enumerate(nx.connected_components(graph)) for node in part
+    }
+
+
+def mentor_components(mentors: Sequence[Member], component: Mapping[str, int]) -> NDArray[np.int_]:
+    """Per mentor column its component (-1 outside the graph)."""
+    return np.fromiter((component.get(x.id, -1) for x in mentors), np.int_, len(mentors))
+
+
+def propose(
+    rows: NDArray[np.int_],
+    listed: NDArray[np.int_],
+    pinned: NDArray[np.bool_],
+    wished: NDArray[np.bool_],
+    c: PlanContext,
+) -> list[PlannedProposal]:
+    """The proposals of ``rows`` (context rows), explained against the plan of ``c``.
+
+    ``listed``: per row its chosen column, then its alternatives best first (-1 pads);
+    ``pinned``/``wished``: per row whether its mentor is a pin or a granted wish. The one
+    place where proposals, their reasons and their alternatives' why-not are made: full and
+    incremental planning both call it."""
+    # Their breakdowns in one vectorised call, in that order.
+    cell_rows = np.repeat(rows, listed.shape[1]).reshape(listed.shape)[listed >= 0]
+    cell_cols = listed[listed >= 0]
+    parts = c.scores.breakdowns(cell_rows, cell_cols)
+    totals = c.scores.weighted(parts)
+    counts = np.count_nonzero(listed >= 0, axis=1)
+    table = _Cells(
+        np.column_stack([parts[name] for name in CRITERIA]) if cell_cols.size else
+        np.zeros((0, len(CRITERIA))),
+        totals, np.cumsum(counts) - counts,
+    )  # fmt: skip
+    cells = iter(zip(cell_cols.tolist(), totals.tolist(), _breakdown_dicts(parts), strict=True))
+    proposals = []
+    extra = (counts - 1).tolist()
+    flags = zip(pinned.tolist(), wished.tolist(), strict=True)
+    for i, alternatives, (pin, wish) in zip(rows.tolist(), extra, flags, strict=True):
+        j, score, breakdown = next(cells)
+        proposals.append(
+            PlannedProposal(
+                newcomer_id=c.newcomers[i].id,
+                mentor_id=c.mentors[j].id,
+                score=score,
+                breakdown=breakdown,
+                reasons=[],  # explained below, once the whole plan is known
+                alternatives=tuple(
+                    Alternative(c.mentors[k].id, value, parts_of)
+                    for k, value, parts_of in islice(cells, alternatives)
+                ),
+                pinned=bool(pin),
+                wished=bool(wish),
+            )
+        )
+    return _explain_all(proposals, c, table)
+
+
+def _explain_all(
+    proposals: list[PlannedProposal], c: PlanContext, table: _Cells
+) -> list[PlannedProposal]:
     """The proposals with their distinguishing reasons, wish sentences and why-not per
     alternative, all computed from the finished plan (batched: a few vectorised score calls
     for all proposals together)."""
@@ -468,7 +526,7 @@ def _explain_all(proposals: list[PlannedProposal], c: _Context) -> list[PlannedP
         for i, p in zip(rows, proposals, strict=True)
     ]
     shared = _shared_statements(rows, proposals, reasons, c)
-    why = _why_nots(rows, proposals, c)
+    why = _why_nots(rows, proposals, c, table)
     result = []
     for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
         shown = [r.text for r in reasons[k] if r.text not in shared[k]]
@@ -491,24 +549,30 @@ def _shared_statements(
     rows: list[int],
     proposals: list[PlannedProposal],
     reasons: list[list[Reason]],
-    c: _Context,
+    c: PlanContext,
 ) -> list[set[str]]:
     """Per proposal, its statements that every other eligible mentor of the newcomer would get
     word for word (none when it has no other eligible mentor). Checked against the alternatives
-    first (already scored), then against the other eligible mentors in chunks, only for rows
-    with statements still undecided, up to ``SHARED_CHECK_LIMIT`` mentors per row."""
-    eligible = c.feasible[rows].sum(axis=1) if rows else np.zeros(0, dtype=np.int_)
+    first (already scored), then against the other eligible mentors one by one, only for rows
+    with statements still undecided. A row with more than ``SHARED_CHECK_LIMIT`` other eligible
+    mentors (besides the proposal's and the alternatives) shares no statement but the network
+    one (not every eligible mentor would be looked at)."""
+    eligible = np.count_nonzero(c.feasible[rows], axis=1).tolist() if rows else []
     undecided: list[dict[str, set[str]]] = []
     shared: list[set[str]] = []
     for k, (i, found) in enumerate(zip(rows, reasons, strict=True)):
         by_criterion: dict[str, set[str]] = {}
         known: set[str] = set()
+        # Beyond the limit, no statement is called shared (see below) but the network one,
+        # which is decided on the graph: nothing to compare mentor by mentor.
+        others = eligible[k] - 1 - len(proposals[k].alternatives)
+        exhaustive = others <= SHARED_CHECK_LIMIT
         for r in found:
             if r.kind != "reason" or eligible[k] < 2:
                 continue
             if r.criterion == "network" and _network_shared(i, c):
                 known.add(r.text)  # the newcomer is linked to none of its eligible mentors
-            else:
+            elif exhaustive:
                 by_criterion.setdefault(r.criterion, set()).add(r.text)
         undecided.append(by_criterion)
         shared.append(known)
@@ -531,26 +595,25 @@ def _shared_statements(
     for k, proposal in enumerate(proposals):
         if not undecided[k]:
             continue
+        # Only rows with at most SHARED_CHECK_LIMIT other eligible mentors have statements
+        # undecided (see above): every one of them is looked at, in column order.
         row = rows[k]
-        usable = c.feasible[row].copy()
-        usable[int(c.chosen[row])] = False
-        usable[[c.column[a.mentor_id] for a in proposal.alternatives]] = False
-        others = np.flatnonzero(usable)
+        seen = {int(c.chosen[row]), *(c.column[a.mentor_id] for a in proposal.alternatives)}
         newcomer = c.newcomers[row]
-        for j in others[:SHARED_CHECK_LIMIT].tolist():
+        for j in np.flatnonzero(c.feasible[row]).tolist():
+            if j in seen:
+                continue
             mentor = c.mentors[j]
             narrow(k, mentor, {name: _ONE_PAIR[name](newcomer, mentor, c) for name in undecided[k]})
             if not undecided[k]:
                 break
-        if others.size > SHARED_CHECK_LIMIT:
-            undecided[k] = {}  # not every eligible mentor was looked at: keep the statements
     for k in range(len(rows)):
         for texts in undecided[k].values():
             shared[k] |= texts
     return shared
 
 
-_ONE_PAIR: dict[str, Callable[[Member, Member, _Context], float]] = {
+_ONE_PAIR: dict[str, Callable[[Member, Member, PlanContext], float]] = {
     "topics": lambda newcomer, mentor, c: topic_score(newcomer, mentor),
     "population": lambda newcomer, mentor, c: population_score(newcomer, mentor),
     "geography": lambda newcomer, mentor, c: geography_score(newcomer, mentor),
@@ -559,7 +622,7 @@ _ONE_PAIR: dict[str, Callable[[Member, Member, _Context], float]] = {
 }
 
 
-def _network_shared(row: int, c: _Context) -> bool:
+def _network_shared(row: int, c: PlanContext) -> bool:
     """Whether every eligible mentor of the row is unconnected to it in the tandem graph
     (then "no common link yet" is true of all of them)."""
     part = c.component.get(c.newcomers[row].id)
@@ -567,53 +630,98 @@ def _network_shared(row: int, c: _Context) -> bool:
 
 
 def _why_nots(
-    rows: list[int], proposals: list[PlannedProposal], c: _Context
+    rows: list[int], proposals: list[PlannedProposal], c: PlanContext, table: _Cells
 ) -> list[tuple[Alternative, ...]]:
-    """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``);
-    the rivals' scores come from two vectorised calls."""
+    """Every proposal's alternatives with ``taken_by`` and ``why_not`` (see ``explain.why_not``).
+
+    Vectorised over all alternatives: the gaps and the criterion each loses most on from the
+    cells' criteria (``table``); the rivals' scores, needed only at ties, from two calls."""
     m = len(c.mentors)
     holders = np.bincount(c.chosen[c.chosen >= 0], minlength=m)
     first = np.full(m, -1, dtype=np.int_)
     planned = np.flatnonzero(c.chosen >= 0)
     # newcomers are ordered by id: the first holder of a mentor is the smallest row.
     first[c.chosen[planned[::-1]]] = planned[::-1]
-    cells = [
-        (k, n, c.column[a.mentor_id])
-        for k, p in enumerate(proposals)
-        for n, a in enumerate(p.alternatives)
-        if holders[c.column[a.mentor_id]] > 0
-    ]
-    rival_rows = np.array([first[col] for _, _, col in cells], dtype=np.int_)
-    rival_cols = np.array([col for _, _, col in cells], dtype=np.int_)
-    own_cols = np.array([int(c.chosen[rows[k]]) for k, _, _ in cells], dtype=np.int_)
-    rival_scores = c.scores.cells(rival_rows, rival_cols).tolist() if cells else []
-    swappable = c.feasible[rival_rows, own_cols] if cells else np.zeros(0, dtype=np.bool_)
-    swaps = c.scores.cells(rival_rows, own_cols).tolist() if cells else []
-    rivals: dict[tuple[int, int], Rival] = {}
-    for index, (k, n, col) in enumerate(cells):
-        r = int(rival_rows[index])
-        rivals[(k, n)] = Rival(
-            name=c.newcomers[r].name, score=rival_scores[index],
-            swap=swaps[index] if swappable[index] else None,
-            full=int(holders[col]) >= int(c.capacity[col]),
+    counts = np.array([len(p.alternatives) for p in proposals], dtype=np.int_)
+    total = int(counts.sum())
+    own = np.repeat(table.starts, counts)
+    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    other = own + 1 + offset
+    cols = np.fromiter(
+        (c.column[a.mentor_id] for p in proposals for a in p.alternatives), np.int_, total
+    )
+    gaps = table.totals[own] - table.totals[other]
+    share = _shares_vector(c.weights)
+    loss = share * (table.parts[own] - table.parts[other])
+    worst = np.argmax(loss, axis=1) if total else np.zeros(0, dtype=np.int_)
+    positive = (loss[np.arange(total), worst] > 0).tolist()
+    held = (holders[cols] > 0).tolist()
+    full = (holders[cols] >= c.capacity[cols]).tolist()
+    rival_rows = first[cols]
+    lower = (gaps > LOWER).tolist()
+    # Ties with a held mentor: who has it, its score there and with the proposal's mentor.
+    tied = np.flatnonzero(~(gaps > LOWER) & (holders[cols] > 0))
+    own_cols = np.repeat(c.chosen[np.array(rows, dtype=np.int_)], counts) if rows else cols
+    tie_rows, tie_cols, tie_own = rival_rows[tied], cols[tied], own_cols[tied]
+    tie_scores = c.scores.cells(tie_rows, tie_cols).tolist() if tied.size else []
+    tie_swaps = c.scores.cells(tie_rows, tie_own).tolist() if tied.size else []
+    swappable = c.feasible[tie_rows, tie_own].tolist() if tied.size else []
+    rivals = {
+        int(index): Rival(
+            name=c.newcomers[r].name,
+            score=tie_scores[n],
+            swap=tie_swaps[n] if swappable[n] else None,
+            full=full[index],
             fixed=c.mentors[col].id in c.newcomers[r].wishes,
-        )  # fmt: skip
+        )
+        for n, (index, r, col) in enumerate(
+            zip(tied.tolist(), tie_rows.tolist(), tie_cols.tolist(), strict=True)
+        )
+    }
+    gap_list, worst_list, rival_list = gaps.tolist(), worst.tolist(), rival_rows.tolist()
     result = []
-    for k, (i, p) in enumerate(zip(rows, proposals, strict=True)):
+    index = 0
+    for i, p in zip(rows, proposals, strict=True):
         listed = []
-        for n, a in enumerate(p.alternatives):
-            rival = rivals.get((k, n))
-            sentence = why_not(
-                p.score, p.breakdown, a.score, a.breakdown, rival, c.weights,
-                wished=p.wished, pinned=p.pinned, incumbent=bool(c.incumbent[i] == c.chosen[i]),
-            )  # fmt: skip
-            taken_by = c.newcomers[int(first[c.column[a.mentor_id]])].id if rival else None
+        for a in p.alternatives:
+            r = rival_list[index]
+            holder = c.newcomers[r] if held[index] else None
+            if lower[index]:
+                sentence = why_lower(
+                    gap_list[index],
+                    CRITERIA[worst_list[index]] if positive[index] else None,
+                    holder.name if holder is not None and full[index] else None,
+                )
+            else:
+                sentence = why_not(
+                    p.score, p.breakdown, a.score, a.breakdown, rivals.get(index), c.weights,
+                    wished=p.wished, pinned=p.pinned,
+                    incumbent=bool(c.incumbent[i] == c.chosen[i]),
+                )  # fmt: skip
+            taken_by = holder.id if holder is not None else None
             listed.append(Alternative(a.mentor_id, a.score, a.breakdown, sentence, taken_by))
+            index += 1
         result.append(tuple(listed))
     return result
 
 
-def _wish_sentences(row: int, proposal: PlannedProposal, c: _Context) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class _Cells:
+    """The scored cells of ``propose``, in its order (per proposal: its mentor, then its
+    alternatives): their criteria (cells x ``CRITERIA``), totals, and where each proposal's
+    cells start."""
+
+    parts: NDArray[np.float64]
+    totals: NDArray[np.float64]
+    starts: NDArray[np.int_]
+
+
+def _shares_vector(weights: Weights) -> NDArray[np.float64]:
+    share = weights.normalised()
+    return np.array([share.get(name, 0.0) for name in CRITERIA])
+
+
+def _wish_sentences(row: int, proposal: PlannedProposal, c: PlanContext) -> list[str]:
     """Why the newcomer's wishes are not the proposal (none when one of them is)."""
     newcomer = c.newcomers[row]
     if proposal.wished or proposal.mentor_id in newcomer.wishes:

@@ -31,6 +31,8 @@ ServiceName = Literal["registry", "matcher"]
 #: in the 50-client load test). Longer than the usual proxy idle timeout (60 s): the proxy
 #: closes first, as it should.
 KEEP_ALIVE_SECONDS = 75
+#: How long a stop waits for requests still running before it cancels them.
+SHUTDOWN_GRACE_SECONDS = 10
 
 
 class _Server(uvicorn.Server):
@@ -100,6 +102,10 @@ class Node:
             app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
             http=header_timeout_protocol(settings.request_read_timeout_seconds),
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            # A stop never waits for ever on a request that does not end (a client that keeps
+            # its request open, a handler stuck on an unreachable database): after this long
+            # uvicorn cancels what is left and the services stop.
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )  # fmt: skip
         self.server = _Server(config)
         self._serving = asyncio.create_task(self.server.serve())

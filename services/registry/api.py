@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Message
 
 from schemas.member import MemberRegistration, MemberUpdate
+from services.api_errors import http_error
 from services.infra.auth import Principal
 from services.infra.http import Page, SafeRoute, require
 from services.registry import store
@@ -98,7 +99,7 @@ async def register_member(
     except AdmissionRefused as refused:
         return _refused(refused)
     except store.DuplicateMember as error:
-        raise HTTPException(status_code=409, detail=f"member {error} exists already") from error
+        raise http_error(error, f"member {error} exists already") from error
     assert admitted is not None  # no guard: always stored or refused
     return JSONResponse(
         status_code=201, content={**_out(admitted.row), "looked_up": list(admitted.looked_up)}
@@ -138,7 +139,7 @@ async def get_member(
     """One member with all fields; 404 if unknown."""
     row = await store.get_member(service.engine, member_id)
     if row is None:
-        raise HTTPException(status_code=404, detail=f"no member {member_id!r}")
+        raise _missing(member_id)
     return _out(row)
 
 
@@ -149,7 +150,7 @@ class LeaveBody(BaseModel):
 
 
 def _missing(member_id: str) -> HTTPException:
-    return HTTPException(status_code=404, detail=f"no member {member_id!r}")
+    return http_error(store.MemberNotFound(member_id), f"no member {member_id!r}")
 
 
 @router.patch("/{member_id}", summary="Change profile fields")
@@ -166,9 +167,7 @@ async def update_member(
     except store.MemberNotFound as error:
         raise _missing(member_id) from error
     except store.MemberLeft as error:
-        raise HTTPException(
-            status_code=409, detail=f"member {member_id} left the network"
-        ) from error
+        raise http_error(error, f"member {member_id} left the network") from error
     except store.InvalidChange as error:
         raise RequestValidationError(error.errors) from error
     return _out(row)
@@ -187,7 +186,7 @@ async def leave(
     except store.MemberNotFound as error:
         raise _missing(member_id) from error
     except store.MemberLeft as error:
-        raise HTTPException(status_code=409, detail=f"member {member_id} left already") from error
+        raise http_error(error, f"member {member_id} left already") from error
     return _out(row)
 
 

@@ -96,6 +96,11 @@ class MatcherService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Python 3.11's wait_for can swallow a cancellation that arrives as its awaitable
+            # completes (the solver's debounce on a change): cancel until the task is done.
+            while not task.done():
+                await asyncio.wait([task], timeout=0.1)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         close = getattr(self.sink, "close", None)

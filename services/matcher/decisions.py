@@ -85,7 +85,9 @@ async def decide(
             .values(**values)
         )
         event = make_event(
-            Topics.TANDEM_DECIDED, "matcher", _decided(proposal_id, decision, reason, row, now)
+            Topics.TANDEM_DECIDED,
+            "matcher",
+            _decided_event(proposal_id, decision, reason, row, now),
         )
         await enqueue(connection, tables.outbox, event, key=row["newcomer_id"])
         updated = await store.get_proposal(connection, proposal_id)
@@ -159,11 +161,11 @@ async def choose_alternative(
         )  # fmt: skip
         for topic, data in (
             (Topics.TANDEM_DECIDED,
-             _decided(proposal_id, ProposalStatus.REJECTED, note, row, now)),
+             _decided_event(proposal_id, ProposalStatus.REJECTED, note, row, now)),
             (Topics.TANDEM_PROPOSED, chosen),
-            (Topics.TANDEM_DECIDED, _decided(str(chosen.proposal_id), ProposalStatus.ACCEPTED, note,
-                                             {"newcomer_id": newcomer_id, "mentor_id": mentor_id},
-                                             now)),
+            (Topics.TANDEM_DECIDED,
+             _decided_event(str(chosen.proposal_id), ProposalStatus.ACCEPTED, note,
+                            {"newcomer_id": newcomer_id, "mentor_id": mentor_id}, now)),
         ):  # fmt: skip
             await enqueue(
                 connection, tables.outbox, make_event(topic, "matcher", data), newcomer_id
@@ -173,7 +175,7 @@ async def choose_alternative(
     return store.proposal_out(created)
 
 
-def _decided(
+def _decided_event(
     proposal_id: str, decision: Decision, reason: str, row: Any, at: dt.datetime
 ) -> TandemDecided:
     return TandemDecided(

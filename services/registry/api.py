@@ -71,7 +71,7 @@ def _service(request: Request) -> RegistryService:
     return service
 
 
-def _out(row: dict[str, Any]) -> dict[str, Any]:
+def _member_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: v for k, v in row.items() if k not in {"created_at", "updated_at"}},
         "joined": row["joined"].isoformat(),
@@ -102,7 +102,8 @@ async def register_member(
         raise http_error(error, f"member {error} exists already") from error
     assert admitted is not None  # no guard: always stored or refused
     return JSONResponse(
-        status_code=201, content={**_out(admitted.row), "looked_up": list(admitted.looked_up)}
+        status_code=201,
+        content={**_member_json(admitted.row), "looked_up": list(admitted.looked_up)},
     )
 
 
@@ -127,7 +128,7 @@ async def list_members(
 ) -> dict[str, Any]:
     """Members ordered by id, with contact data (staff only; never on events)."""
     rows, total = await store.list_members(service.engine, page.limit, page.offset)
-    return {"items": [_out(r) for r in rows], "total": total}
+    return {"items": [_member_json(r) for r in rows], "total": total}
 
 
 @router.get("/{member_id}", summary="One member (staff)")
@@ -140,7 +141,7 @@ async def get_member(
     row = await store.get_member(service.engine, member_id)
     if row is None:
         raise _missing(member_id)
-    return _out(row)
+    return _member_json(row)
 
 
 class LeaveBody(BaseModel):
@@ -170,7 +171,7 @@ async def update_member(
         raise http_error(error, f"member {member_id} left the network") from error
     except store.InvalidChange as error:
         raise RequestValidationError(error.errors) from error
-    return _out(row)
+    return _member_json(row)
 
 
 @router.post("/{member_id}/leave", summary="The member leaves the network")
@@ -187,7 +188,7 @@ async def leave(
         raise _missing(member_id) from error
     except store.MemberLeft as error:
         raise http_error(error, f"member {member_id} left already") from error
-    return _out(row)
+    return _member_json(row)
 
 
 @router.get("/{member_id}/history", summary="Every change to a member (staff)")

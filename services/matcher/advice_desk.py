@@ -59,9 +59,7 @@ async def _tandem_partners(connection: AsyncConnection, today: dt.date) -> dict[
     p = tables.proposals
     rows = (
         await connection.execute(
-            select(p.c.newcomer_id, p.c.mentor_id).where(
-                p.c.status == "accepted", p.c.ends_on > today
-            )
+            select(p.c.newcomer_id, p.c.mentor_id).where(store.running_tandem(p, today))
         )
     ).all()  # fmt: skip
     partners: dict[str, set[str]] = {}

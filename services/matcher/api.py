@@ -6,27 +6,29 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from services.api_errors import ApiRoute
 from services.infra.auth import Principal
-from services.infra.http import Page, SafeRoute, require
+from services.infra.http import Page, require
 from services.matcher import store
-from services.matcher.decisions import (
-    IllegalTransition,
-    NotAnAlternative,
-    PairUnavailable,
-    ProposalNotFound,
-)
+from services.matcher.decisions import Decision, ProposalNotFound
+from services.matcher.domain.lifecycle import ProposalStatus, rejection_reason
 from services.matcher.service import MatcherService
 
-router = APIRouter(prefix="/api", tags=["proposals"], route_class=SafeRoute)
-Status = Literal["pending", "accepted", "rejected", "superseded", "withdrawn"]
+# Errors of the service layer are answered by the route class (services.api_errors).
+router = APIRouter(prefix="/api", tags=["proposals"], route_class=ApiRoute)
 
 
 class RejectBody(BaseModel):
-    """Why staff reject a proposal."""
+    """Why staff reject a proposal (not blank: the pair is never proposed again)."""
 
     reason: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, reason: str) -> str:
+        return rejection_reason(reason)
 
 
 class AcceptBody(BaseModel):
@@ -55,7 +57,7 @@ async def list_proposals(
     _: Staff,
     service: Service,
     page: Annotated[Page, Depends()],
-    status: Annotated[Status | None, Query()] = None,
+    status: Annotated[ProposalStatus | None, Query()] = None,
     newcomer_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Proposals with breakdown, reasons, alternatives and lifecycle."""
@@ -71,20 +73,15 @@ async def get_proposal(proposal_id: str, _: Staff, service: Service) -> dict[str
     async with service.engine.connect() as connection:
         row = await store.get_proposal(connection, proposal_id)
     if row is None:
-        raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}")
+        raise ProposalNotFound(proposal_id)
     return store.proposal_out(row)
 
 
 async def _decide(
-    service: MatcherService, proposal_id: str, decision: Literal["accepted", "rejected"],
+    service: MatcherService, proposal_id: str, decision: Decision,
     principal: Principal, reason: str, started: dt.date | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    try:
-        return await service.decide(proposal_id, decision, principal.name, reason, started)
-    except ProposalNotFound as error:
-        raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}") from error
-    except IllegalTransition as error:
-        raise HTTPException(status_code=409, detail=str(error)) from error
+    return await service.decide(proposal_id, decision, principal.name, reason, started)
 
 
 @router.post("/proposals/{proposal_id}/accept", summary="Accept a pending proposal (staff)")
@@ -100,8 +97,9 @@ async def accept(
                      "type": "value_error"}],
         )  # fmt: skip
     return await _decide(
-        service, proposal_id, "accepted", principal, body.reason if body else "", started
-    )
+        service, proposal_id, ProposalStatus.ACCEPTED, principal, body.reason if body else "",
+        started,
+    )  # fmt: skip
 
 
 @router.post("/proposals/{proposal_id}/reject", summary="Reject a pending proposal (staff)")
@@ -110,7 +108,7 @@ async def reject(
 ) -> dict[str, Any]:
     """Reject with a reason; the pair is never proposed again and the newcomer gets a new
     proposal."""
-    return await _decide(service, proposal_id, "rejected", principal, body.reason)
+    return await _decide(service, proposal_id, ProposalStatus.REJECTED, principal, body.reason)
 
 
 class ChooseBody(BaseModel):
@@ -126,17 +124,7 @@ async def choose(
 ) -> dict[str, Any]:
     """Accept one of the proposal's alternatives and reject the proposal, in one step.
     409 unless pending or if the pair is no longer possible; 422 if not an alternative."""
-    try:
-        return await service.choose(proposal_id, body.mentor_id, principal.name, body.reason)
-    except ProposalNotFound as error:
-        raise HTTPException(status_code=404, detail=f"no proposal {proposal_id!r}") from error
-    except (IllegalTransition, PairUnavailable) as error:
-        raise HTTPException(status_code=409, detail=str(error)) from error
-    except NotAnAlternative as error:
-        raise HTTPException(
-            status_code=422,
-            detail=[{"loc": ["body", "mentor_id"], "msg": str(error), "type": "value_error"}],
-        ) from error
+    return await service.choose(proposal_id, body.mentor_id, principal.name, body.reason)
 
 
 class PairRuleBody(BaseModel):
@@ -163,10 +151,7 @@ async def put_pair(
     log, if impossible); a forbidden pair is never proposed."""
     if newcomer_id == mentor_id:
         raise HTTPException(status_code=422, detail="a member cannot be paired with itself")
-    try:
-        await service.set_pair_rule(newcomer_id, mentor_id, body.rule, principal.name)
-    except LookupError as error:
-        raise HTTPException(status_code=404, detail=str(error)) from error
+    await service.set_pair_rule(newcomer_id, mentor_id, body.rule, principal.name)  # 404: unknown
     return {"newcomer_id": newcomer_id, "mentor_id": mentor_id, "rule": body.rule}
 
 

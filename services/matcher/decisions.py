@@ -14,11 +14,19 @@ from schemas.events import TandemDecided, TandemProposed, Topics, make_event
 from services.infra.outbox import enqueue, utcnow
 from services.matcher import store, tables
 from services.matcher.domain.explain import explain_pair
-from services.matcher.domain.planning import IllegalTransition as IllegalTransition
-from services.matcher.domain.planning import transition
+from services.matcher.domain.lifecycle import IllegalTransition as IllegalTransition
+from services.matcher.domain.lifecycle import PairUnavailable as PairUnavailable
+from services.matcher.domain.lifecycle import (
+    ProposalAction,
+    ProposalStatus,
+    check_pair_available,
+    transition,
+)
+from services.matcher.domain.model import Tandem
 from services.matcher.domain.scoring import Weights, score_pair
 
-Decision = Literal["accepted", "rejected"]
+#: What staff decide on a pending proposal.
+Decision = Literal[ProposalStatus.ACCEPTED, ProposalStatus.REJECTED]
 
 
 class ProposalNotFound(LookupError):
@@ -58,7 +66,10 @@ async def decide(
         row = await store.get_proposal(connection, proposal_id)
         if result.rowcount == 0 or row is None:
             raise ProposalNotFound(proposal_id)
-        status = transition(row["status"], "accept" if decision == "accepted" else "reject")
+        accepting = decision == ProposalStatus.ACCEPTED
+        status = transition(
+            row["status"], ProposalAction.ACCEPT if accepting else ProposalAction.REJECT
+        )
         now = utcnow()
         values: dict[str, Any] = {
             "status": status.value,
@@ -66,7 +77,7 @@ async def decide(
             "decided_by": actor,
             "decision_reason": reason,
         }
-        if decision == "accepted":
+        if accepting:
             values["ends_on"] = add_months(started or today, tandem_months)
         await connection.execute(
             update(tables.proposals)
@@ -74,7 +85,9 @@ async def decide(
             .values(**values)
         )
         event = make_event(
-            Topics.TANDEM_DECIDED, "matcher", _decided(proposal_id, decision, reason, row, now)
+            Topics.TANDEM_DECIDED,
+            "matcher",
+            _decided_event(proposal_id, decision, reason, row, now),
         )
         await enqueue(connection, tables.outbox, event, key=row["newcomer_id"])
         updated = await store.get_proposal(connection, proposal_id)
@@ -84,10 +97,6 @@ async def decide(
 
 class NotAnAlternative(ValueError):
     """The chosen mentor is not an eligible alternative of the proposal (HTTP: 422)."""
-
-
-class PairUnavailable(RuntimeError):
-    """The chosen pair cannot be formed now: no free capacity, rejected or forbidden (409)."""
 
 
 async def choose_alternative(
@@ -113,7 +122,7 @@ async def choose_alternative(
         row = await store.get_proposal(connection, proposal_id)
         if row is None:
             raise ProposalNotFound(proposal_id)
-        rejected_status = transition(row["status"], "reject")
+        rejected_status = transition(row["status"], ProposalAction.REJECT)
         newcomer_id = row["newcomer_id"]
         if mentor_id not in {a["mentor_id"] for a in row["alternatives"]}:
             raise NotAnAlternative(f"{mentor_id!r} is not an alternative of this proposal")
@@ -144,17 +153,19 @@ async def choose_alternative(
             insert(p).values(
                 proposal_id=str(chosen.proposal_id), newcomer_id=newcomer_id, mentor_id=mentor_id,
                 score=chosen.score, breakdown=chosen.breakdown, reasons=chosen.reasons,
-                alternatives=[], supersedes=proposal_id, status="accepted", created_at=now,
+                alternatives=[], supersedes=proposal_id, status=ProposalStatus.ACCEPTED.value,
+                created_at=now,
                 decided_at=now, decided_by=actor, decision_reason=note,
                 ends_on=add_months(today, tandem_months),
             )
         )  # fmt: skip
         for topic, data in (
-            (Topics.TANDEM_DECIDED, _decided(proposal_id, "rejected", note, row, now)),
+            (Topics.TANDEM_DECIDED,
+             _decided_event(proposal_id, ProposalStatus.REJECTED, note, row, now)),
             (Topics.TANDEM_PROPOSED, chosen),
-            (Topics.TANDEM_DECIDED, _decided(str(chosen.proposal_id), "accepted", note,
-                                             {"newcomer_id": newcomer_id, "mentor_id": mentor_id},
-                                             now)),
+            (Topics.TANDEM_DECIDED,
+             _decided_event(str(chosen.proposal_id), ProposalStatus.ACCEPTED, note,
+                            {"newcomer_id": newcomer_id, "mentor_id": mentor_id}, now)),
         ):  # fmt: skip
             await enqueue(
                 connection, tables.outbox, make_event(topic, "matcher", data), newcomer_id
@@ -164,7 +175,7 @@ async def choose_alternative(
     return store.proposal_out(created)
 
 
-def _decided(
+def _decided_event(
     proposal_id: str, decision: Decision, reason: str, row: Any, at: dt.datetime
 ) -> TandemDecided:
     return TandemDecided(
@@ -176,30 +187,40 @@ def _decided(
 async def _check_pair_available(
     connection: AsyncConnection, newcomer_id: str, mentor_id: str, today: dt.date
 ) -> None:
-    p = tables.proposals
-    excluded = await connection.scalar(
+    """Load what the domain's rule (``check_pair_available``) needs about the pair: whether it
+    was rejected or forbidden, the mentor's capacity and accepted tandems (few per mentor)."""
+    p, rules = tables.proposals, tables.pair_rules
+    rejected = await connection.scalar(
         select(func.count())
         .select_from(p)
-        .where(p.c.newcomer_id == newcomer_id, p.c.mentor_id == mentor_id, p.c.status == "rejected")
-    )
+        .where(p.c.newcomer_id == newcomer_id, p.c.mentor_id == mentor_id,
+               p.c.status == ProposalStatus.REJECTED.value)
+    )  # fmt: skip
     forbidden = await connection.scalar(
         select(func.count())
-        .select_from(tables.pair_rules)
-        .where(
-            tables.pair_rules.c.newcomer_id == newcomer_id,
-            tables.pair_rules.c.mentor_id == mentor_id,
-            tables.pair_rules.c.rule == "forbidden",
-        )
-    )
-    if excluded or forbidden:
-        raise PairUnavailable(f"the pair {newcomer_id} / {mentor_id} was rejected or is forbidden")
+        .select_from(rules)
+        .where(rules.c.newcomer_id == newcomer_id, rules.c.mentor_id == mentor_id,
+               rules.c.rule == "forbidden")
+    )  # fmt: skip
     capacity = await connection.scalar(
         select(tables.members.c.mentor_capacity).where(tables.members.c.id == mentor_id)
     )
-    running = await connection.scalar(
-        select(func.count())
-        .select_from(p)
-        .where(p.c.mentor_id == mentor_id, p.c.status == "accepted", p.c.ends_on > today)
+    accepted = await connection.execute(
+        select(p.c.newcomer_id, p.c.decided_at, p.c.ends_on).where(
+            p.c.mentor_id == mentor_id, p.c.status == ProposalStatus.ACCEPTED.value
+        )
     )
-    if capacity is None or int(running or 0) >= int(capacity):
-        raise PairUnavailable(f"{mentor_id} has no free mentor capacity")
+    tandems = [
+        Tandem(
+            str(row.newcomer_id), mentor_id, _started(row.decided_at, today), row.ends_on or today
+        )
+        for row in accepted.all()
+    ]
+    check_pair_available(
+        newcomer_id, mentor_id, rejected=bool(rejected), forbidden=bool(forbidden),
+        mentor_capacity=None if capacity is None else int(capacity), tandems=tandems, today=today,
+    )  # fmt: skip
+
+
+def _started(decided_at: dt.datetime | None, today: dt.date) -> dt.date:
+    return decided_at.date() if decided_at is not None else today

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,28 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-class MatcherService:
-    """Keeps the read model, proposes tandems, takes decisions."""
+def utc_today() -> dt.date:
+    """Today's date in UTC."""
+    return dt.datetime.now(dt.UTC).date()
 
-    def __init__(self, settings: MatcherSettings, sink: RecordSink | None = None) -> None:
+
+class UnknownMember(LookupError):
+    """A pair rule names a member the matcher does not know as active (HTTP: 404)."""
+
+
+class MatcherService:
+    """Keeps the read model, proposes tandems, takes decisions.
+
+    ``sink`` replaces Kafka for the outbox relay, ``today`` the calendar (tests pass fakes)."""
+
+    def __init__(
+        self,
+        settings: MatcherSettings,
+        sink: RecordSink | None = None,
+        today: Callable[[], dt.date] = utc_today,
+    ) -> None:
         self.settings = settings
+        self._today = today
         # The configured weights; those staff adopt (PUT /api/weights) are kept in the
         # database and take precedence (see ``services.matcher.weights``).
         self.weights = Weights.parse(settings.weights) if settings.weights else Weights()
@@ -79,6 +96,11 @@ class MatcherService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Python 3.11's wait_for can swallow a cancellation that arrives as its awaitable
+            # completes (the solver's debounce on a change): cancel until the task is done.
+            while not task.done():
+                await asyncio.wait([task], timeout=0.1)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         close = getattr(self.sink, "close", None)
@@ -307,7 +329,7 @@ class MatcherService:
             known = await store.domain_members(connection, [newcomer_id, mentor_id])
         missing = [m for m in (newcomer_id, mentor_id) if m not in known]
         if missing:
-            raise LookupError(f"no active member {', '.join(missing)}")
+            raise UnknownMember(f"no active member {', '.join(missing)}")
         await store.set_pair_rule(self.engine, newcomer_id, mentor_id, rule, actor)
         self.request_solve()
 
@@ -319,5 +341,5 @@ class MatcherService:
         return removed
 
     def today(self) -> dt.date:
-        """The matcher's notion of today (UTC)."""
-        return dt.datetime.now(dt.UTC).date()
+        """The matcher's notion of today (UTC unless the constructor was given a calendar)."""
+        return self._today()

@@ -6,16 +6,25 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.member import PublicMember
 from services.infra.outbox import utcnow
 from services.matcher import tables
+from services.matcher.domain.lifecycle import DECIDED, ProposalAction, ProposalStatus, transition
 from services.matcher.domain.model import Member
 
-PROPOSAL_STATUSES = ("pending", "accepted", "rejected", "superseded", "withdrawn")
+#: Every status, in lifecycle order (the status counts list them all).
+PROPOSAL_STATUSES = tuple(status.value for status in ProposalStatus)
+
+
+def running_tandem(proposals: Table, today: dt.date) -> ColumnElement[bool]:
+    """The SQL form of :meth:`Tandem.is_running` for rows of ``proposals``: an accepted
+    proposal whose tandem ends after ``today`` (a row without an end is not running, as
+    ``resolve.load_state`` reads it). ``tests/service`` checks both agree."""
+    return and_(proposals.c.status == ProposalStatus.ACCEPTED.value, proposals.c.ends_on > today)
 
 
 #: Ids per ``IN (...)`` query: well below SQLite's and asyncpg's bound-parameter limits.
@@ -27,22 +36,14 @@ def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
         yield ids[start : start + _CHUNK]
 
 
-async def seen_before(connection: AsyncConnection, events: Sequence[tuple[str, str]]) -> set[str]:
-    """Record the ``(event_id, topic)`` pairs as processed by the matcher; return the ids that
-    were recorded already (by an earlier transaction: skip those). Call it inside the
-    transaction that applies the events, so both commit or neither does. A batch of events
-    costs a few statements, not two per event."""
-    known = await recorded_digests(connection, [(i, t, None) for i, t in events])
-    return set(known)
-
-
 async def recorded_digests(
     connection: AsyncConnection, events: Sequence[tuple[str, str, str | None]]
 ) -> dict[str, str | None]:
     """Record the ``(event_id, topic, digest)`` triples as processed (the first of an id in
     ``events`` counts); return the ids recorded by an earlier transaction with the digest
-    stored then (None for rows older than digests). Same transaction rule as
-    :func:`seen_before`."""
+    stored then (None for rows older than digests). Call it inside the transaction that applies
+    the events, so both commit or neither does; a batch costs a few statements, not two per
+    event."""
     table = tables.processed_events
     first: dict[str, tuple[str, str | None]] = {}
     for event_id, topic, digest in events:
@@ -132,8 +133,6 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
 async def member_left(connection: AsyncConnection, member_id: str, reason: str) -> bool:
     """Record the departure: the member is inactive from now on, its pending proposals (as
     newcomer or mentor) are withdrawn. Running tandems stay and are flagged for staff."""
-    from services.matcher.domain.planning import transition
-
     known = await connection.scalar(
         select(func.count()).select_from(tables.departed).where(tables.departed.c.id == member_id)
     )
@@ -149,10 +148,10 @@ async def member_left(connection: AsyncConnection, member_id: str, reason: str) 
     p = tables.proposals
     await connection.execute(
         update(p)
-        .where(p.c.status == "pending")
+        .where(p.c.status == ProposalStatus.PENDING.value)
         .where((p.c.newcomer_id == member_id) | (p.c.mentor_id == member_id))
         .values(
-            status=transition("pending", "withdraw").value,
+            status=transition(ProposalStatus.PENDING, ProposalAction.WITHDRAW).value,
             decided_at=now,
             decided_by="matcher",
             decision_reason=f"{member_id} hat das Netzwerk verlassen",
@@ -200,7 +199,7 @@ def proposal_out(row: RowMapping | dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "created_at": iso(row["created_at"]),
     }
-    if row["status"] in {"accepted", "rejected"}:
+    if row["status"] in DECIDED:
         out.update(
             decided_at=iso(row["decided_at"]),
             decided_by=row["decided_by"],
@@ -218,8 +217,8 @@ async def list_proposals(
     query = select(tables.proposals)
     count = select(func.count()).select_from(tables.proposals)
     if status:
-        query = query.where(tables.proposals.c.status == status)
-        count = count.where(tables.proposals.c.status == status)
+        query = query.where(tables.proposals.c.status == str(status))
+        count = count.where(tables.proposals.c.status == str(status))
     if newcomer_id:
         query = query.where(tables.proposals.c.newcomer_id == newcomer_id)
         count = count.where(tables.proposals.c.newcomer_id == newcomer_id)
@@ -238,7 +237,7 @@ async def list_proposals(
 
 def _flagged(proposal: dict[str, Any], left: set[str]) -> dict[str, Any]:
     """Mark accepted tandems whose partner left the network, for staff to look at."""
-    if proposal["status"] == "accepted":
+    if proposal["status"] == ProposalStatus.ACCEPTED:
         gone = [m for m in (proposal["newcomer_id"], proposal["mentor_id"]) if m in left]
         if gone:
             proposal["flags"] = [f"member_left:{m}" for m in gone]

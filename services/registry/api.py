@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Message
 
 from schemas.member import MemberRegistration, MemberUpdate
+from services.api_errors import http_error
 from services.infra.auth import Principal
 from services.infra.http import Page, SafeRoute, require
 from services.registry import store
@@ -70,7 +71,7 @@ async def _service(request: Request) -> RegistryService:
     return service
 
 
-def _out(row: dict[str, Any]) -> dict[str, Any]:
+def _member_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: v for k, v in row.items() if k not in {"created_at", "updated_at"}},
         "joined": row["joined"].isoformat(),
@@ -98,10 +99,11 @@ async def register_member(
     except AdmissionRefused as refused:
         return _refused(refused)
     except store.DuplicateMember as error:
-        raise HTTPException(status_code=409, detail=f"member {error} exists already") from error
+        raise http_error(error, f"member {error} exists already") from error
     assert admitted is not None  # no guard: always stored or refused
     return JSONResponse(
-        status_code=201, content={**_out(admitted.row), "looked_up": list(admitted.looked_up)}
+        status_code=201,
+        content={**_member_json(admitted.row), "looked_up": list(admitted.looked_up)},
     )
 
 
@@ -126,7 +128,7 @@ async def list_members(
 ) -> dict[str, Any]:
     """Members ordered by id, with contact data (staff only; never on events)."""
     rows, total = await store.list_members(service.engine, page.limit, page.offset)
-    return {"items": [_out(r) for r in rows], "total": total}
+    return {"items": [_member_json(r) for r in rows], "total": total}
 
 
 @router.get("/{member_id}", summary="One member (staff)")
@@ -138,8 +140,8 @@ async def get_member(
     """One member with all fields; 404 if unknown."""
     row = await store.get_member(service.engine, member_id)
     if row is None:
-        raise HTTPException(status_code=404, detail=f"no member {member_id!r}")
-    return _out(row)
+        raise _missing(member_id)
+    return _member_json(row)
 
 
 class LeaveBody(BaseModel):
@@ -149,7 +151,7 @@ class LeaveBody(BaseModel):
 
 
 def _missing(member_id: str) -> HTTPException:
-    return HTTPException(status_code=404, detail=f"no member {member_id!r}")
+    return http_error(store.MemberNotFound(member_id), f"no member {member_id!r}")
 
 
 @router.patch("/{member_id}", summary="Change profile fields")
@@ -166,12 +168,10 @@ async def update_member(
     except store.MemberNotFound as error:
         raise _missing(member_id) from error
     except store.MemberLeft as error:
-        raise HTTPException(
-            status_code=409, detail=f"member {member_id} left the network"
-        ) from error
+        raise http_error(error, f"member {member_id} left the network") from error
     except store.InvalidChange as error:
         raise RequestValidationError(error.errors) from error
-    return _out(row)
+    return _member_json(row)
 
 
 @router.post("/{member_id}/leave", summary="The member leaves the network")
@@ -187,8 +187,8 @@ async def leave(
     except store.MemberNotFound as error:
         raise _missing(member_id) from error
     except store.MemberLeft as error:
-        raise HTTPException(status_code=409, detail=f"member {member_id} left already") from error
-    return _out(row)
+        raise http_error(error, f"member {member_id} left already") from error
+    return _member_json(row)
 
 
 @router.get("/{member_id}/history", summary="Every change to a member (staff)")

@@ -15,7 +15,7 @@ from schemas.geo import great_circle_km
 from services.matcher import calibration, tables
 from services.matcher import weights as weights_store
 from services.matcher.domain.scoring import CRITERIA
-from services.staff.page import _done, _require, templates
+from services.staff.page import _require, form_answer, templates
 
 router = APIRouter(include_in_schema=False)
 
@@ -79,4 +79,4 @@ async def adopt(request: Request, reason: Annotated[str, Form(max_length=2000)] 
     except ValueError as error:
         raise HTTPException(status_code=422, detail=f"Ungültige Gewichte: {error}") from error
     await calibration.adopt_on(matcher, weights, reason.strip(), principal.name)
-    return _done(request, "Gewichte übernommen.")
+    return form_answer(request, "Gewichte übernommen.")

@@ -19,16 +19,11 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from schemas.topics import TOPICS, topic_label
+from services.api_errors import StaffRoute
 from services.infra.auth import Principal
-from services.infra.http import SafeRoute
 from services.matcher import advice_desk
-from services.matcher.decisions import (
-    IllegalTransition,
-    NotAnAlternative,
-    PairUnavailable,
-    ProposalNotFound,
-)
 from services.matcher.domain.advice import AdviceRequest
+from services.matcher.domain.lifecycle import ProposalStatus, rejection_reason
 from services.matcher.service import MatcherService
 from services.staff import geo, view
 
@@ -39,7 +34,9 @@ templates.env.globals.update(
     criteria=view.CRITERIA_DE, number=view.german_number, topic_label=topic_label,
     topics=TOPICS, outline=geo.outline_path(), map_width=geo.WIDTH, map_height=geo.HEIGHT,
 )  # fmt: skip
-router = APIRouter(include_in_schema=False, route_class=SafeRoute)  # no U+0000 in forms
+# The route class refuses U+0000 in forms and answers the matcher's errors in German
+# (services.api_errors).
+router = APIRouter(include_in_schema=False, route_class=StaffRoute)
 
 
 def _staff(request: Request) -> Principal | None:
@@ -123,42 +120,32 @@ async def state_version(request: Request) -> str:
     return await view.version(matcher)
 
 
-def _done(request: Request, message: str) -> Response:
+def form_answer(request: Request, message: str) -> Response:
+    """The answer to a form that was handled: ``message`` to the page's script, a redirect to
+    the page without JavaScript."""
     if request.headers.get("x-requested-with") == "fetch":
         return PlainTextResponse(message)
     return RedirectResponse("/", status_code=303)
-
-
-async def _act(request: Request, action: Any) -> Response:
-    try:
-        await action
-    except ProposalNotFound as error:
-        raise HTTPException(status_code=404, detail="Vorschlag nicht gefunden.") from error
-    except (IllegalTransition, PairUnavailable) as error:
-        raise HTTPException(status_code=409, detail=f"Nicht möglich: {error}") from error
-    except NotAnAlternative as error:
-        raise HTTPException(status_code=422, detail=str(error)) from error
-    return _done(request, "ok")
 
 
 @router.post("/ui/proposals/{proposal_id}/accept")
 async def accept(request: Request, proposal_id: str) -> Response:
     """Accept a pending proposal."""
     principal, matcher = _require(request)
-    return await _act(request, matcher.decide(proposal_id, "accepted", principal.name, ""))
+    await matcher.decide(proposal_id, ProposalStatus.ACCEPTED, principal.name, "")
+    return form_answer(request, "ok")
 
 
 @router.post("/ui/proposals/{proposal_id}/reject")
 async def reject(
     request: Request, proposal_id: str, reason: Annotated[str, Form(max_length=2000)] = ""
 ) -> Response:
-    """Reject with a reason (required)."""
+    """Reject with a reason (required: a blank one is a 422)."""
     principal, matcher = _require(request)
-    if not reason.strip():
-        raise HTTPException(status_code=422, detail="Bitte einen Grund für die Ablehnung angeben.")
-    return await _act(
-        request, matcher.decide(proposal_id, "rejected", principal.name, reason.strip())
+    await matcher.decide(
+        proposal_id, ProposalStatus.REJECTED, principal.name, rejection_reason(reason)
     )
+    return form_answer(request, "ok")
 
 
 @router.post("/ui/proposals/{proposal_id}/choose")
@@ -167,10 +154,8 @@ async def choose(
 ) -> Response:
     """Take one of the alternatives instead."""
     principal, matcher = _require(request)
-    return await _act(
-        request,
-        matcher.choose(proposal_id, mentor_id, principal.name, "Alternative auf der Staff-Seite"),
-    )
+    await matcher.choose(proposal_id, mentor_id, principal.name, "Alternative auf der Staff-Seite")
+    return form_answer(request, "ok")
 
 
 @router.post("/ui/advice", response_class=HTMLResponse)

@@ -11,6 +11,7 @@ from schemas.geo import great_circle_km
 from schemas.member import STATES
 from schemas.topics import topic_label
 from services.matcher import store, tables
+from services.matcher.domain.lifecycle import ProposalStatus
 from services.matcher.service import MatcherService
 from services.staff.geo import Point, project
 
@@ -90,8 +91,8 @@ async def overview(matcher: MatcherService) -> Overview:
     async with matcher.engine.connect() as connection:
         rows = (await connection.execute(select(tables.members))).mappings().all()
     members = {row["id"]: MemberCard.of(row) for row in rows}
-    pending, _ = await store.list_proposals(matcher.engine, "pending", 1000, 0)
-    accepted, _ = await store.list_proposals(matcher.engine, "accepted", 1000, 0)
+    pending, _ = await store.list_proposals(matcher.engine, ProposalStatus.PENDING, 1000, 0)
+    accepted, _ = await store.list_proposals(matcher.engine, ProposalStatus.ACCEPTED, 1000, 0)
     waiting = await store.waiting_newcomers(matcher.engine)
     newcomers = {p["newcomer_id"] for p in pending} | {w["newcomer_id"] for w in waiting}
     result = Overview(members, pending, accepted, waiting, newcomers)
@@ -113,7 +114,7 @@ async def _replaced(matcher: MatcherService, o: Overview) -> dict[str, str]:
             before = old["mentor_id"]
             taken = next((t for t in o.accepted if t["mentor_id"] == before), None)
             planned = next((x for x in o.pending if x["mentor_id"] == before and x is not p), None)
-            if old["status"] == "rejected":
+            if old["status"] == ProposalStatus.REJECTED:
                 why = "abgelehnt"
             elif taken is not None:
                 why = f"{o.name(before)} ist jetzt Tandem-Stadt von {o.name(taken['newcomer_id'])}"

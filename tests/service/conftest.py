@@ -7,6 +7,7 @@ guarantees end to end.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import uuid
@@ -15,13 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from schemas.events import Topics
+from services.infra.auth import Principal, TokenBook
 from services.infra.db import migrate
 from services.infra.outbox import OutboxRecord
+from services.matcher import api as matcher_api
+from services.matcher import service as matcher_service
+from services.matcher.resolve import ensure_lock_row
+from services.matcher.service import MatcherService
+from services.matcher.settings import MatcherSettings
 from services.registry.service import MIGRATIONS, RegistryService
 from services.registry.settings import RegistrySettings
+from tests.helpers import member_body
 
 
 class MemorySink:
@@ -102,6 +112,87 @@ async def bootstrap_registry(data: Path) -> RegistryApp:
 @pytest.fixture
 async def registry(tmp_path: Path) -> AsyncIterator[RegistryApp]:
     app = await bootstrap_registry(tmp_path)
+    try:
+        yield app
+    finally:
+        await app.service.stop()
+
+
+# --- the matcher --------------------------------------------------------------------------------
+
+#: The matcher's calendar in the service tier (tandems end relative to it).
+TODAY = dt.date(2026, 11, 21)
+STAFF_TOKEN = "staff-token-for-the-service-tier"
+
+
+def public_member(member_id: str, joined: str, **changes: Any) -> dict[str, Any]:
+    """A member as ``city.joined``/``city.updated`` carry it (no contact, partner sectors)."""
+    body = member_body(member_id, joined, **changes)
+    body.pop("contact", None)
+    body["partners"] = [{"sector": p["sector"]} for p in body["partners"]]
+    return body
+
+
+@dataclass
+class MatcherApp:
+    """A matcher service wired to SQLite, a :class:`MemorySink` and the calendar ``TODAY``.
+    Nothing runs by itself unless a test calls ``service.start()``: solves are
+    ``service.solve_now()``, publishing is :meth:`published`."""
+
+    service: MatcherService
+    sink: MemorySink
+    offsets: itertools.count[int] = field(default_factory=itertools.count)
+
+    async def published(self) -> MemorySink:
+        """Publish everything pending (as the relay would) and return the sink."""
+        while await self.service.relay.publish_pending():
+            pass
+        return self.sink
+
+    def record(
+        self, topic: str, data: dict[str, Any], *, event_id: str | None = None,
+        key: str | None = None,
+    ) -> Delivery:  # fmt: skip
+        """A record of ``topic`` with ``data`` in an envelope from the registry, keyed by the
+        member id, at the partition's next offset."""
+        value = json.dumps(
+            {"id": event_id or str(uuid.uuid4()), "type": topic, "version": 1,
+             "time": "2026-11-21T12:00:00Z", "source": "registry", "data": data}
+        ).encode()  # fmt: skip
+        member = key if key is not None else str(data["id"])
+        return Delivery(topic, value, member.encode(), 0, next(self.offsets))
+
+    def joined(self, member_id: str, joined: str, **changes: Any) -> Delivery:
+        """A ``city.joined`` record of a valid member."""
+        return self.record(Topics.CITY_JOINED, public_member(member_id, joined, **changes))
+
+    def api(self) -> httpx.AsyncClient:
+        """A client of the matcher's HTTP API (its router alone) as staff, in process."""
+        app = FastAPI()
+        app.include_router(matcher_api.router)
+        app.state.matcher = self.service
+        app.state.tokens = TokenBook([(Principal("staff", "staff: Erika"), STAFF_TOKEN)])
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://matcher",
+            headers={"Authorization": f"Bearer {STAFF_TOKEN}"},
+        )  # fmt: skip
+
+
+async def bootstrap_matcher(data: Path, **settings: Any) -> MatcherApp:
+    """The matcher's composition for the service tier: its own SQLite file in ``data``,
+    migrated, an in-memory sink instead of Kafka and the calendar ``TODAY``; ``settings``
+    override :class:`MatcherSettings` fields (e.g. the debounce)."""
+    sink = MemorySink()
+    config = MatcherSettings(data=data, broker=None, database_url=None, **settings)
+    service = MatcherService(config, sink, today=lambda: TODAY)
+    await migrate(service.engine, matcher_service.MIGRATIONS, "alembic_version_matcher")
+    await ensure_lock_row(service.engine)
+    return MatcherApp(service, sink)
+
+
+@pytest.fixture
+async def matcher(tmp_path: Path) -> AsyncIterator[MatcherApp]:
+    app = await bootstrap_matcher(tmp_path)
     try:
         yield app
     finally:

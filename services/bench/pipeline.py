@@ -36,6 +36,7 @@ from services.bench.harness import (
     staff_get,
 )
 from services.bench.synthetic import Synthetic, generate
+from services.matcher import store
 
 REFERENCE_TOPIC = "bench.reference"
 Message = tuple[bytes, bytes]
@@ -68,7 +69,7 @@ class BurstRun:
 
 async def _status(client: httpx.AsyncClient, matcher: Service) -> dict[str, int]:
     data = await staff_get(client, f"{matcher.url}/api/matcher/status")
-    statuses = ("pending", "accepted", "rejected", "superseded", "withdrawn")
+    statuses = store.PROPOSAL_STATUSES
     return {
         "members": int(data["members"]),
         "planned": int(data["pending"]) + int(data["waiting"]),

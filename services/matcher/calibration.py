@@ -23,6 +23,7 @@ from services.matcher import tables
 from services.matcher import weights as weights_store
 from services.matcher.domain.calibration import Agreement, Decision, calibrate
 from services.matcher.domain.incremental import IncrementalPlanner
+from services.matcher.domain.lifecycle import ProposalStatus
 from services.matcher.domain.scoring import Weights
 from services.matcher.resolve import _Outcome, _plan, load_state, record_outcome, take_lock
 from services.matcher.service import MatcherService
@@ -41,19 +42,19 @@ async def decision_history(connection: AsyncConnection) -> list[Decision]:
         await connection.execute(
             select(p.c.proposal_id, p.c.mentor_id, p.c.breakdown, p.c.alternatives, p.c.status,
                    p.c.supersedes, p.c.decided_at, p.c.seq)
-            .where(p.c.status.in_(("accepted", "rejected")))
+            .where(p.c.status.in_((ProposalStatus.ACCEPTED.value, ProposalStatus.REJECTED.value)))
             .order_by(p.c.decided_at, p.c.seq)
         )
     ).mappings().all()  # fmt: skip
-    rejected = {r["proposal_id"]: r for r in rows if r["status"] == "rejected"}
+    rejected = {r["proposal_id"]: r for r in rows if r["status"] == ProposalStatus.REJECTED}
     chosen_instead = {
         r["supersedes"]: r["mentor_id"]
         for r in rows
-        if r["status"] == "accepted" and r["supersedes"] in rejected
+        if r["status"] == ProposalStatus.ACCEPTED and r["supersedes"] in rejected
     }
     decisions: list[Decision] = []
     for row in rows:
-        if row["status"] == "accepted" and row["supersedes"] in rejected:
+        if row["status"] == ProposalStatus.ACCEPTED and row["supersedes"] in rejected:
             continue  # the result of a choice: counted with the proposal it replaced
         shown = [(row["mentor_id"], row["breakdown"])] + [
             (a["mentor_id"], a.get("breakdown")) for a in row["alternatives"] or []
@@ -62,7 +63,7 @@ async def decision_history(connection: AsyncConnection) -> list[Decision]:
         if not shown or shown[0][0] != row["mentor_id"]:
             continue
         mentors = [m for m, _ in shown]
-        if row["status"] == "accepted":
+        if row["status"] == ProposalStatus.ACCEPTED:
             chosen: int | None = 0
         elif row["proposal_id"] in chosen_instead:
             taken = chosen_instead[row["proposal_id"]]
@@ -90,7 +91,7 @@ async def _replan(
     state = await load_state(connection, today)
     pending = state[2]
     p = tables.proposals
-    query = select(p.c.proposal_id, p.c.score).where(p.c.status == "pending")
+    query = select(p.c.proposal_id, p.c.score).where(p.c.status == ProposalStatus.PENDING.value)
     rows = (await connection.execute(query)).mappings().all()
     scores = {str(r["proposal_id"]): float(r["score"]) for r in rows}
     # A planner of its own, planning in full: the preview leaves the matcher's planner as it

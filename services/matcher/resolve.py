@@ -23,12 +23,17 @@ from services.infra.metrics import PLANS
 from services.infra.outbox import outbox_row, utcnow
 from services.matcher import tables
 from services.matcher.domain.incremental import IncrementalPlanner
+from services.matcher.domain.lifecycle import ProposalStatus
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, reconcile, unmatched_message
 from services.matcher.domain.scoring import Weights
 from services.matcher.store import domain_member
 from services.matcher.weights import adopted as adopted_weights
 
+PENDING, ACCEPTED, REJECTED, SUPERSEDED = (
+    ProposalStatus.PENDING.value, ProposalStatus.ACCEPTED.value,
+    ProposalStatus.REJECTED.value, ProposalStatus.SUPERSEDED.value,
+)  # fmt: skip
 log = logging.getLogger(__name__)
 LOCK = "solve"
 
@@ -139,7 +144,7 @@ async def load_state(
         await connection.execute(
             select(p.c.proposal_id, p.c.newcomer_id, p.c.mentor_id, p.c.status, p.c.decided_at,
                    p.c.ends_on)
-            .where(p.c.status.in_(("pending", "accepted", "rejected")))
+            .where(p.c.status.in_((PENDING, ACCEPTED, REJECTED)))
             .order_by(p.c.seq)
         )
     ).mappings().all()  # fmt: skip
@@ -148,10 +153,10 @@ async def load_state(
     rejected: set[tuple[str, str]] = set()
     for row in rows:
         pair = (str(row["newcomer_id"]), str(row["mentor_id"]))
-        if row["status"] == "accepted":
+        if row["status"] == ACCEPTED:
             started = row["decided_at"].date() if row["decided_at"] else today
             tandems.append(Tandem(*pair, started, row["ends_on"] or today))
-        elif row["status"] == "rejected":
+        elif row["status"] == REJECTED:
             rejected.add(pair)
         else:
             pending[pair[0]] = (str(row["proposal_id"]), pair[1])
@@ -235,7 +240,7 @@ def _plan(
                 "reasons": data.reasons,
                 "alternatives": [a.model_dump() for a in data.alternatives],
                 "supersedes": supersedes,
-                "status": "pending",
+                "status": PENDING,
                 "created_at": now,
             }
         )
@@ -282,8 +287,8 @@ async def record_outcome(connection: AsyncConnection, outcome: _Outcome, now: dt
         await connection.execute(
             update(tables.proposals)
             .where(tables.proposals.c.proposal_id.in_(superseded))
-            .where(tables.proposals.c.status == "pending")
-            .values(status="superseded", decided_at=now, decided_by="matcher",
+            .where(tables.proposals.c.status == PENDING)
+            .values(status=SUPERSEDED, decided_at=now, decided_by="matcher",
                     decision_reason="re-solve found a better assignment")
         )  # fmt: skip
     if outcome.proposals:

@@ -10,17 +10,15 @@ from typing import Any
 import pytest
 
 from schemas.member import STATES
+from services.matcher.domain.lifecycle import IllegalTransition, ProposalStatus, transition
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.planning import (
-    IllegalTransition,
     Plan,
     PlannedProposal,
-    ProposalStatus,
     Unmatched,
     newcomers_of,
     plan_tandems,
     reconcile,
-    transition,
     unmatched_message,
 )
 from services.matcher.domain.scoring import DEFAULT_WEIGHTS, Weights

@@ -3,8 +3,8 @@
 ``plan_tandems`` is the use case "solve jointly for every newcomer still waiting": it decides
 who is a newcomer, which mentors are eligible for whom, scores all pairs, solves the joint
 assignment and explains the result. ``reconcile`` compares the plan with the proposals that are
-pending and says which to keep, which to create and which to supersede. ``transition`` is the
-proposal lifecycle.
+pending and says which to keep, which to create and which to supersede. The proposal lifecycle
+(statuses and their transitions) is ``domain.lifecycle``.
 """
 
 from __future__ import annotations
@@ -798,53 +798,3 @@ def reconcile(plan: Plan, pending_proposals: Mapping[str, tuple[str, str]]) -> C
         if newcomer_id not in planned:
             supersede.append(pending_proposals[newcomer_id][0])
     return Changes(keep=tuple(keep), new=tuple(new), supersede=tuple(supersede))
-
-
-# --- proposal lifecycle ----------------------------------------------------------------------
-
-
-class ProposalStatus(StrEnum):
-    """Where a proposal stands."""
-
-    PENDING = "pending"
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    SUPERSEDED = "superseded"  # a re-plan replaced it or left the newcomer without one
-    WITHDRAWN = "withdrawn"  # a member in it left the network
-
-
-class ProposalAction(StrEnum):
-    """What can happen to a proposal."""
-
-    ACCEPT = "accept"
-    REJECT = "reject"
-    SUPERSEDE = "supersede"
-    WITHDRAW = "withdraw"
-
-
-class IllegalTransition(ValueError):
-    """The action is not allowed in the proposal's current status (HTTP: 409)."""
-
-
-_TRANSITIONS = {
-    (ProposalStatus.PENDING, ProposalAction.ACCEPT): ProposalStatus.ACCEPTED,
-    (ProposalStatus.PENDING, ProposalAction.REJECT): ProposalStatus.REJECTED,
-    (ProposalStatus.PENDING, ProposalAction.SUPERSEDE): ProposalStatus.SUPERSEDED,
-    (ProposalStatus.PENDING, ProposalAction.WITHDRAW): ProposalStatus.WITHDRAWN,
-}
-
-
-def transition(status: str, action: str) -> ProposalStatus:
-    """The status after ``action``; only pending proposals can change (all others are final).
-
-    Raises ``IllegalTransition`` (a ``ValueError``) otherwise, and ``ValueError`` for unknown
-    statuses or actions.
-    """
-    current, act = ProposalStatus(status), ProposalAction(action)
-    try:
-        return _TRANSITIONS[(current, act)]
-    except KeyError:
-        raise IllegalTransition(
-            f"cannot {act.value} a proposal that is {current.value}; "
-            "only pending proposals can be accepted, rejected, superseded or withdrawn"
-        ) from None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from services.infra.settings import CommonSettings
@@ -37,7 +38,19 @@ def _settings(
         k: v for k, v in {"broker": broker, "host": host, "port": port, "data": data}.items()
         if v is not None
     }  # fmt: skip
-    return CommonSettings.model_validate(overrides)
+    try:
+        return CommonSettings.model_validate(overrides)
+    except ValidationError as error:
+        raise _invalid_configuration(error) from None
+
+
+def _invalid_configuration(error: ValidationError) -> typer.Exit:
+    """One line per problem, naming the variable but never echoing its value (it may be a
+    token or a password); the exit code for unusable input."""
+    for problem in error.errors(include_input=False, include_url=False):
+        variable = "TANDEM_" + "_".join(str(part) for part in problem["loc"]).upper()
+        console.print(f"[red]invalid configuration:[/] {variable}: {problem['msg']}")
+    return typer.Exit(2)
 
 
 def _configure_logging(level: str) -> None:
@@ -77,6 +90,8 @@ def _serve(settings: CommonSettings, services: tuple[ServiceName, ...], seed: bo
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except ValidationError as error:  # a service's own options (e.g. TANDEM_WEIGHTS)
+        raise _invalid_configuration(error) from None
 
 
 @app.command()

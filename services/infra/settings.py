@@ -115,6 +115,15 @@ class CommonSettings(BaseSettings):
             raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from services.infra.auth import TokenBook
+
+            TokenBook.parse(value.get_secret_value())  # names the bad entry, never its token
+        return value
+
     def database_for(self, service: str) -> str:
         """The database URL of ``service``: the configured one, or its own SQLite file."""
         if self.database_url:

@@ -112,3 +112,28 @@ def test_up_generates_tokens_when_none_are_configured(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert staff.group(1) in output  # printed for the operator
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("TANDEM_LOG_LEVEL", "LOUD", "TANDEM_LOG_LEVEL"),
+        ("TANDEM_API_TOKENS", "platform:sh0rt", "TANDEM_API_TOKENS"),
+        ("TANDEM_WEIGHTS", "topics=-1", "TANDEM_WEIGHTS"),
+    ],
+)
+def test_up_refuses_a_bad_setting_in_one_line_without_echoing_it(
+    tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    """A bad option is exit 2 with the variable named, not a traceback; the value (a token,
+    a password) is never repeated."""
+    env = {**os.environ, variable: value}
+    env.pop("TANDEM_BROKER", None)
+    result = subprocess.run(
+        [*tandem_command(), "up", "--port", str(free_port()), "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"invalid configuration: {named}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sh0rt" not in result.stderr + result.stdout

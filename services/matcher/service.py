@@ -35,7 +35,7 @@ from services.infra.records import Delivery, Poison, payload_digest
 from services.matcher import store, tables
 from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
-from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
+from services.matcher.replan import SolveResult, ensure_lock_row, replan
 from services.matcher.settings import MatcherSettings
 from services.matcher.weights import in_force as weights_in_force
 
@@ -224,7 +224,7 @@ class MatcherService:
     async def solve_now(self) -> SolveResult:
         """Re-solve at once (also used by tests and the bench)."""
         with SOLVE_SECONDS.time():
-            result = await resolve(self.engine, self.weights, self.today(), self.holder)
+            result = await replan(self.engine, self.weights, self.today(), self.holder)
         self.solves += 1
         self.last_solve = result
         if result.proposed:

@@ -27,7 +27,7 @@ from services.infra.outbox import OutboxRecord
 from services.infra.records import Delivery, Poison, decode_delivery
 from services.matcher import api as matcher_api
 from services.matcher import service as matcher_service
-from services.matcher.resolve import ensure_lock_row
+from services.matcher.replan import ensure_lock_row
 from services.matcher.service import MatcherService
 from services.matcher.settings import MatcherSettings
 from services.registry.service import MIGRATIONS, RegistryService

@@ -1,5 +1,5 @@
-"""Consumer plumbing shared by the services: start when the broker is there, raw records,
-and a watch that keeps a consumer going when the broker loses its topics."""
+"""Consumer plumbing shared by the services: start when the broker is there, records decoded
+for the service layer, and a watch that keeps a consumer going when the broker loses its topics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from services.infra.kafka import KAFKA_TOPICS, recreate_topics
 from services.infra.metrics import EVENTS_CONSUMED
+from services.infra.records import Delivery, Poison, decode_delivery
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ def records_of(message: KafkaMessage) -> tuple[Any, ...]:
     for record in records:
         EVENTS_CONSUMED.labels(record.topic).inc()
     return records
+
+
+def deliveries_of(message: KafkaMessage) -> tuple[Delivery | Poison, ...]:
+    """The records behind a (batch) message, decoded for the service layer: each one's
+    envelope, or why it has none (counted as consumed)."""
+    return tuple(decode_delivery(record) for record in records_of(message))
 
 
 def _readable_headers(record: Any) -> Any:

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from schemas.events import DeadLetter, Topics
 from schemas.member import PublicMember
 from services.infra.outbox import enqueue_raw, utcnow
-from services.infra.records import check_bounds
+from services.infra.records import Consumed, check_bounds
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("5c0d7c1e-8a8e-4f57-9d7e-7a1d6c1e0d11")
@@ -136,8 +136,8 @@ def _listed(paths: list[str]) -> list[str]:
     return [*paths[:REDACTED_LISTED], f"… and {len(paths) - REDACTED_LISTED} more"]
 
 
-def dead_letter(record: Any, error: BaseException | str, consumer: str) -> DeadLetter:
-    """The dead letter of a Kafka record (aiokafka ``ConsumerRecord``)."""
+def dead_letter(record: Consumed, error: BaseException | str, consumer: str) -> DeadLetter:
+    """The dead letter of a consumed record (a ``Delivery`` or a ``Poison``)."""
     value: bytes = record.value or b""
     encoding: Literal["utf-8", "base64"] = "utf-8"
     redacted: list[str] = []

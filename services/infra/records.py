@@ -7,13 +7,19 @@ larger than :data:`MAX_RECORD_BYTES`, nests deeper than :data:`MAX_DEPTH`, is no
 U+0000, is not the envelope of its topic, or its message key is not the city id of its data.
 Whatever else goes wrong while decoding (a ``RecursionError``, a number too large to convert,
 …) is a ``PoisonRecord`` too: a record never stops its partition.
+
+The consumers decode (:func:`decode_delivery`, through ``services.infra.consumer``); the service
+layer receives each record as a :class:`Delivery` (its envelope) or a :class:`Poison` (its
+reason), never an aiokafka record. Both keep where the record came from and its raw bytes, which
+its dead letter (``services.infra.deadletter.dead_letter``) carries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -107,6 +113,56 @@ def decode_record(topic: str, value: bytes | None, key: bytes | None) -> Envelop
         shown = "no key" if key_text is None else f"key {key_text[:80]!r}"
         raise PoisonRecord(f"message {shown} is not the city id {city!r} of its data")
     return envelope
+
+
+class RawRecord(Protocol):
+    """The fields of a consumed Kafka record (aiokafka's ``ConsumerRecord``) decoding reads."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """Where a consumed record came from and its raw bytes: what its dead letter needs."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Delivery(Consumed):
+    """A record that decoded: its envelope, checked against its topic and message key."""
+
+    envelope: Envelope[Any]
+
+
+@dataclass(frozen=True)
+class Poison(Consumed):
+    """A record that did not decode; ``error`` says why (``str(error)`` is the reason)."""
+
+    error: PoisonRecord
+
+
+def decode_delivery(record: RawRecord) -> Delivery | Poison:
+    """A consumed record as the service layer takes it: its envelope, or why it has none."""
+    value = record.value or b""
+    where = (record.topic, record.partition, record.offset, record.key, value)
+    try:
+        return Delivery(*where, decode_record(record.topic, record.value, record.key))
+    except PoisonRecord as error:
+        return Poison(*where, error)
 
 
 def city_of(envelope: Envelope[Any]) -> str | None:

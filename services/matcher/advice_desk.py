@@ -22,7 +22,6 @@ from schemas.events import AdviceMatch as AdviceMatchEvent
 from schemas.events import (
     AdviceMatched,
     AdviceRequested,
-    DeadLetter,
     Envelope,
     Topics,
     make_event,
@@ -30,7 +29,7 @@ from schemas.events import (
 from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_transient
 from services.infra.metrics import ADVICE_REQUESTS
 from services.infra.outbox import enqueue, utcnow
-from services.infra.records import PoisonRecord, decode_record, payload_digest
+from services.infra.records import Delivery, Poison, payload_digest
 from services.matcher import store, tables
 from services.matcher.domain.advice import AdviceMatch, AdviceRequest, assign_advisors
 from services.matcher.store import domain_member
@@ -194,18 +193,17 @@ async def get_request(engine: AsyncEngine, request_id: str) -> dict[str, Any] | 
     return _stored(row) if row else None
 
 
-async def answer_advice_records(service: MatcherService, records: Sequence[Any]) -> None:
+async def answer_advice_deliveries(
+    service: MatcherService, deliveries: Sequence[Delivery | Poison]
+) -> None:
     """Answer the ``advice.requested`` records of a batch jointly (they are pending at once);
     invalid ones, and envelope ids seen before with other data, go to
     ``advice.requested.dlq``. Idempotent on ``request_id``: a replayed request gets its stored
     answer and nothing is published again."""
-    decoded: list[tuple[Any, Envelope[Any]]] = []
-    dead: list[DeadLetter] = []
-    for record in records:
-        try:
-            decoded.append((record, decode_record(record.topic, record.value, record.key)))
-        except PoisonRecord as error:
-            dead.append(dead_letter(record, error, consumer="matcher"))
+    decoded = [d for d in deliveries if isinstance(d, Delivery)]
+    dead = [
+        dead_letter(p, p.error, consumer="matcher") for p in deliveries if isinstance(p, Poison)
+    ]
 
     async def screen() -> list[Envelope[Any]]:
         """Record the envelope ids with their digests and bury the dead (one transaction);
@@ -213,15 +211,16 @@ async def answer_advice_records(service: MatcherService, records: Sequence[Any])
         goes on to it (and gets its stored answer)."""
         letters, fresh = list(dead), []
         async with service.engine.begin() as connection:
-            digested = [(r, e, payload_digest(e)) for r, e in decoded]
+            digested = [(d, payload_digest(d.envelope)) for d in decoded]
             seen = await store.recorded_digests(
-                connection, [(str(e.id), e.type, d) for _, e, d in digested]
+                connection, [(str(d.envelope.id), d.envelope.type, h) for d, h in digested]
             )
-            for record, envelope, digest in digested:
+            for delivery, digest in digested:
+                envelope = delivery.envelope
                 earlier = seen.setdefault(str(envelope.id), digest)
                 if earlier is not None and earlier != digest:
                     reason = f"envelope id {envelope.id} was used before for other data"
-                    letters.append(dead_letter(record, reason, consumer="matcher"))
+                    letters.append(dead_letter(delivery, reason, consumer="matcher"))
                 else:
                     fresh.append(envelope)
             for letter in letters:

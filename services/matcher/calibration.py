@@ -1,7 +1,7 @@
 """Weights from decisions, a preview of new weights, and their adoption.
 
 ``preview`` and ``adopt`` share one code path (``_replan``): the full joint re-plan of
-``resolve`` with the given weights and the same reconciliation with the pending proposals.
+``replan`` with the given weights and the same reconciliation with the pending proposals.
 The preview rolls its read back; the adoption records the weights and writes the re-plan in the
 same transaction, under the solver lock, so what it changes is what the preview showed for the
 same state.
@@ -25,7 +25,7 @@ from services.matcher.domain.calibration import Agreement, Decision, calibrate
 from services.matcher.domain.incremental import IncrementalPlanner
 from services.matcher.domain.lifecycle import ProposalStatus
 from services.matcher.domain.scoring import Weights
-from services.matcher.resolve import _Outcome, _plan, load_state, record_outcome, take_lock
+from services.matcher.replan import Outcome, load_state, plan_outcome, record_outcome, take_lock
 from services.matcher.service import MatcherService
 
 
@@ -78,7 +78,7 @@ async def decision_history(connection: AsyncConnection) -> list[Decision]:
 
 @dataclass(frozen=True)
 class _Replan:
-    outcome: _Outcome
+    outcome: Outcome
     changes: list[dict[str, Any]]
     unchanged: int
 
@@ -89,14 +89,16 @@ async def _replan(
     """The full joint re-plan with ``weights`` against the current state (nothing written),
     and which pending proposals it changes."""
     state = await load_state(connection, today)
-    pending = state[2]
+    pending = state.pending
     p = tables.proposals
     query = select(p.c.proposal_id, p.c.score).where(p.c.status == ProposalStatus.PENDING.value)
     rows = (await connection.execute(query)).mappings().all()
     scores = {str(r["proposal_id"]): float(r["score"]) for r in rows}
     # A planner of its own, planning in full: the preview leaves the matcher's planner as it
     # is, and adoption (the same code) plans exactly what the preview showed.
-    outcome = await asyncio.to_thread(_plan, state, weights, today, now, IncrementalPlanner())
+    outcome = await asyncio.to_thread(
+        plan_outcome, state, weights, today, now, IncrementalPlanner()
+    )
     replaced = {row["supersedes"] for row in outcome.proposals if row["supersedes"]}
     changes: list[dict[str, Any]] = []
     for row in outcome.proposals:

@@ -6,8 +6,8 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from schemas.events import Topics
-from services.infra.consumer import make_broker, records_of, session_of
-from services.matcher.advice_desk import answer_advice_records
+from services.infra.consumer import deliveries_of, make_broker, session_of
+from services.matcher.advice_desk import answer_advice_deliveries
 from services.matcher.service import MatcherService
 
 MEMBER_TOPICS = (Topics.CITY_JOINED, Topics.CITY_UPDATED, Topics.CITY_LEFT)
@@ -32,7 +32,7 @@ def build_consumer(service: MatcherService) -> KafkaBroker:
         fetch_max_wait_ms=session.fetch_wait_ms,
     )
     async def on_member_events(message: KafkaMessage) -> None:
-        await service.ingest(records_of(message))
+        await service.ingest(deliveries_of(message))
 
     @broker.subscriber(
         Topics.ADVICE_REQUESTED,
@@ -47,6 +47,6 @@ def build_consumer(service: MatcherService) -> KafkaBroker:
         fetch_max_wait_ms=session.fetch_wait_ms,
     )
     async def on_advice_requested(message: KafkaMessage) -> None:
-        await answer_advice_records(service, records_of(message))
+        await answer_advice_deliveries(service, deliveries_of(message))
 
     return broker

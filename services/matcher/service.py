@@ -19,7 +19,6 @@ from schemas.events import (
     CityLeft,
     CityUpdated,
     DeadLetter,
-    Envelope,
 )
 from schemas.member import PublicMember
 from services.infra.db import make_engine, migrate
@@ -32,11 +31,11 @@ from services.infra.deadletter import (
 from services.infra.kafka import kafka_sink
 from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
-from services.infra.records import PoisonRecord, decode_record, payload_digest
+from services.infra.records import Delivery, Poison, payload_digest
 from services.matcher import store, tables
 from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
-from services.matcher.resolve import SolveResult, ensure_lock_row, resolve
+from services.matcher.replan import SolveResult, ensure_lock_row, replan
 from services.matcher.settings import MatcherSettings
 from services.matcher.weights import in_force as weights_in_force
 
@@ -122,24 +121,24 @@ class MatcherService:
         return {"database": database, "broker": self.relay.broker_ok and self.consuming}
 
     # ingest ---------------------------------------------------------------------------------
-    async def ingest(self, records: Sequence[Any]) -> None:
-        """Apply a batch of Kafka records in one transaction: dedup on the envelope id, update
-        the read model, dead-letter what is invalid (undecodable, a key that is not the city
-        id, an envelope id used before for other data). Transient database errors are retried
-        with backoff; if they persist the error propagates and the batch is delivered again
-        (never acknowledged unprocessed)."""
-        valid: list[tuple[Any, Envelope[Any]]] = []
+    async def ingest(self, deliveries: Sequence[Delivery | Poison]) -> None:
+        """Apply a batch of consumed records in one transaction: dedup on the envelope id,
+        update the read model, dead-letter what is invalid (undecodable, a key that is not the
+        city id, an envelope id used before for other data). Transient database errors are
+        retried with backoff; if they persist the error propagates and the batch is delivered
+        again (never acknowledged unprocessed)."""
+        valid: list[Delivery] = []
         dead: list[DeadLetter] = []
-        for record in records:
-            try:
-                valid.append((record, decode_record(record.topic, record.value, record.key)))
-            except PoisonRecord as error:
-                dead.append(dead_letter(record, error, consumer="matcher"))
-                log.warning(
-                    "dead letter",
-                    extra={"topic": record.topic, "offset": record.offset,
-                           "error": str(error)[:200]},
-                )  # fmt: skip
+        for delivery in deliveries:
+            if isinstance(delivery, Delivery):
+                valid.append(delivery)
+                continue
+            dead.append(dead_letter(delivery, delivery.error, consumer="matcher"))
+            log.warning(
+                "dead letter",
+                extra={"topic": delivery.topic, "offset": delivery.offset,
+                       "error": str(delivery.error)[:200]},
+            )  # fmt: skip
         try:
             changed, buried = await retry_transient(lambda: self._apply(valid, dead))
         except Exception as error:
@@ -152,33 +151,29 @@ class MatcherService:
             self.relay.wake()
 
     async def _apply_one_by_one(
-        self, events: list[tuple[Any, Envelope[Any]]], dead: list[DeadLetter]
+        self, events: list[Delivery], dead: list[DeadLetter]
     ) -> tuple[bool, bool]:
         """Apply a batch the database refused record by record: the record it refuses goes
         to the DLQ, the others take effect."""
         changed, buried = await retry_transient(functools.partial(self._apply, [], dead))
-        for record, envelope in events:
+        for delivery in events:
             try:
-                applied = await retry_transient(
-                    functools.partial(self._apply, [(record, envelope)], [])
-                )
+                applied = await retry_transient(functools.partial(self._apply, [delivery], []))
             except Exception as error:
                 if not refused_by_database(error):
                     raise
                 reason = f"the database refused it ({type(error).__name__})"
                 log.warning(
                     "dead letter",
-                    extra={"topic": record.topic, "offset": record.offset, "error": reason},
+                    extra={"topic": delivery.topic, "offset": delivery.offset, "error": reason},
                 )
-                letter = dead_letter(record, reason, consumer="matcher")
+                letter = dead_letter(delivery, reason, consumer="matcher")
                 applied = await retry_transient(functools.partial(self._apply, [], [letter]))
             changed |= applied[0]
             buried |= applied[1]
         return changed, buried
 
-    async def _apply(
-        self, events: list[tuple[Any, Envelope[Any]]], dead: list[DeadLetter]
-    ) -> tuple[bool, bool]:
+    async def _apply(self, events: list[Delivery], dead: list[DeadLetter]) -> tuple[bool, bool]:
         """Apply the events in order, in one transaction with their dedup records. Consecutive
         member upserts go to the database together (few statements per batch, not per event);
         a departure in between is applied at its place in the order. Returns whether the
@@ -186,24 +181,24 @@ class MatcherService:
         changed = False
         dead = list(dead)
         async with self.engine.begin() as connection:
-            digested = [(r, e, payload_digest(e)) for r, e in events]
+            digested = [(d, payload_digest(d.envelope)) for d in events]
             seen = await store.recorded_digests(
-                connection, [(str(e.id), e.type, d) for _, e, d in digested]
+                connection, [(str(d.envelope.id), d.envelope.type, h) for d, h in digested]
             )
             upserts: list[PublicMember] = []
-            for record, envelope, digest in digested:
-                event_id = str(envelope.id)
+            for delivery, digest in digested:
+                event_id = str(delivery.envelope.id)
                 if event_id in seen:
                     earlier = seen[event_id]
                     if earlier is not None and earlier != digest:
                         reason = f"envelope id {event_id} was used before for other data"
-                        dead.append(dead_letter(record, reason, consumer="matcher"))
-                        log.warning("dead letter", extra={"topic": record.topic,
-                                                          "offset": record.offset,
+                        dead.append(dead_letter(delivery, reason, consumer="matcher"))
+                        log.warning("dead letter", extra={"topic": delivery.topic,
+                                                          "offset": delivery.offset,
                                                           "error": reason})  # fmt: skip
                     continue
                 seen[event_id] = digest  # the same event twice in one batch: apply it once
-                data = envelope.data
+                data = delivery.envelope.data
                 if isinstance(data, CityJoined | CityUpdated):
                     upserts.append(data)
                 elif isinstance(data, CityLeft):
@@ -229,7 +224,7 @@ class MatcherService:
     async def solve_now(self) -> SolveResult:
         """Re-solve at once (also used by tests and the bench)."""
         with SOLVE_SECONDS.time():
-            result = await resolve(self.engine, self.weights, self.today(), self.holder)
+            result = await replan(self.engine, self.weights, self.today(), self.holder)
         self.solves += 1
         self.last_solve = result
         if result.proposed:

@@ -23,7 +23,7 @@ PROPOSAL_STATUSES = tuple(status.value for status in ProposalStatus)
 def running_tandem(proposals: Table, today: dt.date) -> ColumnElement[bool]:
     """The SQL form of :meth:`Tandem.is_running` for rows of ``proposals``: an accepted
     proposal whose tandem ends after ``today`` (a row without an end is not running, as
-    ``resolve.load_state`` reads it). ``tests/service`` checks both agree."""
+    ``replan.load_state`` reads it). ``tests/service`` checks both agree."""
     return and_(proposals.c.status == ProposalStatus.ACCEPTED.value, proposals.c.ends_on > today)
 
 

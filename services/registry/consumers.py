@@ -6,7 +6,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from schemas.events import Topics
-from services.infra.consumer import make_broker, records_of, session_of
+from services.infra.consumer import deliveries_of, make_broker, session_of
 from services.registry.service import RegistryService
 
 
@@ -29,6 +29,6 @@ def build_consumer(service: RegistryService) -> KafkaBroker:
         fetch_max_wait_ms=session.fetch_wait_ms,
     )
     async def on_member_admitted(message: KafkaMessage) -> None:
-        await service.ingest_admitted(records_of(message))
+        await service.ingest_admitted(deliveries_of(message))
 
     return broker

@@ -22,7 +22,7 @@ from services.infra.deadletter import dead_letter, enqueue_dead_letter, retry_tr
 from services.infra.dedup import ReusedEventId, seen_before
 from services.infra.kafka import kafka_sink
 from services.infra.outbox import OutboxRelay, RecordSink
-from services.infra.records import PoisonRecord, decode_record, payload_digest
+from services.infra.records import Delivery, Poison, PoisonRecord, payload_digest
 from services.registry import gazetteer, store, tables
 from services.registry.admission import (
     AdmissionRefused,
@@ -192,22 +192,22 @@ class RegistryService:
         self.relay.wake()
         return count
 
-    async def ingest_admitted(self, records: Sequence[Any]) -> None:
+    async def ingest_admitted(self, deliveries: Sequence[Delivery | Poison]) -> None:
         """Register the members of ``member.admitted`` records with the same rules as the API:
         idempotent on the envelope id; invalid records, rule violations and existing ids go to
         ``member.admitted.dlq`` with the reason."""
-        for record in records:
-            await retry_transient(functools.partial(self._admit, record))
+        for delivery in deliveries:
+            await retry_transient(functools.partial(self._admit, delivery))
         self.relay.wake()
 
-    async def _admit(self, record: Any) -> None:
-        try:
-            envelope = decode_record(record.topic, record.value, record.key)
-        except PoisonRecord as error:
+    async def _admit(self, record: Delivery | Poison) -> None:
+        if isinstance(record, Poison):
             async with self.engine.begin() as connection:
-                letter = dead_letter(record, _refusal(error, record.value), consumer="registry")
+                refusal = _refusal(record.error, record.value)
+                letter = dead_letter(record, refusal, consumer="registry")
                 await enqueue_dead_letter(connection, tables.outbox, letter)
             return
+        envelope = record.envelope
         member: MemberRegistration = envelope.data
 
         async def first_delivery(connection: AsyncConnection) -> bool:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from services.matcher.domain.planning import plan_tandems
-from services.matcher.resolve import load_state, planner_of
+from services.matcher.replan import load_state, planner_of
 from services.runtime import Node
 from tests.conftest import eventually, member_body
 from tests.integration.test_reliability import all_proposed

@@ -8,7 +8,6 @@ import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
@@ -18,6 +17,7 @@ from schemas.member import MemberRegistration
 from services.infra.db import make_engine, migrate
 from services.infra.deadletter import dead_letter, enqueue_dead_letter
 from services.infra.outbox import OutboxRecord, OutboxRelay, RecordRejected
+from services.infra.records import Consumed
 from services.registry import store, tables
 from services.registry.service import MIGRATIONS
 from tests.conftest import member_body
@@ -143,7 +143,7 @@ async def test_a_dead_letter_too_large_to_travel_keeps_its_original_in_the_datab
     await migrate(engine, MIGRATIONS, "alembic_version_registry")
     value = json.dumps({"id": str(uuid.uuid4()), "name": '"' * 100_000}).encode()
     assert len(value) > 200_000
-    record = SimpleNamespace(topic="city.left", partition=2, offset=41, key=b"goch", value=value)
+    record = Consumed(topic="city.left", partition=2, offset=41, key=b"goch", value=value)
     letter = dead_letter(record, "city.left: not an envelope", consumer="matcher")
     assert len(letter.model_dump_json()) > 400_000
     async with engine.begin() as connection:

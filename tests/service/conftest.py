@@ -24,9 +24,10 @@ from schemas.events import Topics
 from services.infra.auth import Principal, TokenBook
 from services.infra.db import migrate
 from services.infra.outbox import OutboxRecord
+from services.infra.records import Delivery, Poison, decode_delivery
 from services.matcher import api as matcher_api
 from services.matcher import service as matcher_service
-from services.matcher.resolve import ensure_lock_row
+from services.matcher.replan import ensure_lock_row
 from services.matcher.service import MatcherService
 from services.matcher.settings import MatcherSettings
 from services.registry.service import MIGRATIONS, RegistryService
@@ -54,15 +55,20 @@ class MemorySink:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """A consumed record as the service layer reads it (the fields of aiokafka's
-    ``ConsumerRecord`` that ``ingest_admitted`` and the dead letters use)."""
+class ConsumerRecord:
+    """A record as aiokafka consumes it (the fields of its ``ConsumerRecord`` the consumer
+    decodes); :func:`handed_over` turns it into what the service layer takes."""
 
     topic: str
     value: bytes | None
     key: bytes | None
     partition: int = 0
     offset: int = 0
+
+
+def handed_over(record: ConsumerRecord) -> Delivery | Poison:
+    """``record`` as the consumer hands it to the service: decoded, or poison with its reason."""
+    return decode_delivery(record)
 
 
 @dataclass
@@ -82,7 +88,7 @@ class RegistryApp:
 
     def admitted(
         self, body: dict[str, Any] | bytes, *, event_id: str | None = None, key: str | None = None
-    ) -> Delivery:
+    ) -> Delivery | Poison:
         """A ``member.admitted`` record for ``body`` (raw bytes are sent as they are), keyed
         by the member id, at the partition's next offset."""
         if isinstance(body, bytes):
@@ -95,8 +101,10 @@ class RegistryApp:
             ).encode()  # fmt: skip
         if key is None and isinstance(body, dict):
             key = str(body["id"])
-        return Delivery(
-            Topics.MEMBER_ADMITTED, value, key.encode() if key else None, 0, next(self.offsets)
+        return handed_over(
+            ConsumerRecord(
+                Topics.MEMBER_ADMITTED, value, key.encode() if key else None, 0, next(self.offsets)
+            )
         )
 
 
@@ -152,7 +160,7 @@ class MatcherApp:
     def record(
         self, topic: str, data: dict[str, Any], *, event_id: str | None = None,
         key: str | None = None,
-    ) -> Delivery:  # fmt: skip
+    ) -> Delivery | Poison:  # fmt: skip
         """A record of ``topic`` with ``data`` in an envelope from the registry, keyed by the
         member id, at the partition's next offset."""
         value = json.dumps(
@@ -160,9 +168,9 @@ class MatcherApp:
              "time": "2026-11-21T12:00:00Z", "source": "registry", "data": data}
         ).encode()  # fmt: skip
         member = key if key is not None else str(data["id"])
-        return Delivery(topic, value, member.encode(), 0, next(self.offsets))
+        return handed_over(ConsumerRecord(topic, value, member.encode(), 0, next(self.offsets)))
 
-    def joined(self, member_id: str, joined: str, **changes: Any) -> Delivery:
+    def joined(self, member_id: str, joined: str, **changes: Any) -> Delivery | Poison:
         """A ``city.joined`` record of a valid member."""
         return self.record(Topics.CITY_JOINED, public_member(member_id, joined, **changes))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from services.infra.deadletter import WHOLE_ORIGINAL, dead_letter, redact
 from services.infra.records import (
     MAX_DEPTH,
     MAX_RECORD_BYTES,
+    Consumed,
     PoisonRecord,
     decode_record,
     nesting_depth,
@@ -23,15 +23,9 @@ from services.infra.records import (
 from tests.conftest import member_body
 
 
-@dataclass
-class Record:
-    """The fields of an aiokafka ``ConsumerRecord`` the dead letter reads."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    partition: int = 0
-    offset: int = 7
+def consumed(topic: str, value: bytes, key: bytes | None = None) -> Consumed:
+    """A consumed record as a dead letter reads it (partition 0, offset 7)."""
+    return Consumed(topic, 0, 7, key, value)
 
 
 def envelope(topic: str, data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -146,7 +140,7 @@ SECRETS = ("Maria Muster", "maria.muster@example.org", "Bürgerstiftung", "Ratha
 def test_a_refused_registration_travels_redacted_with_the_field_names() -> None:
     body = member_body("goeppingen", "2024-01-01", exception_reason="Frau Muster bat darum")
     value = json.dumps(envelope("member.admitted", body), ensure_ascii=False).encode()
-    letter = dead_letter(Record("member.admitted", value, b"goeppingen"), "refused", "registry")
+    letter = dead_letter(consumed("member.admitted", value, b"goeppingen"), "refused", "registry")
     text = letter.model_dump_json()
     assert not [s for s in (*SECRETS, "Frau Muster") if s in text]
     assert set(letter.redacted) == {
@@ -173,15 +167,15 @@ def test_a_refused_registration_travels_redacted_with_the_field_names() -> None:
 def test_a_personal_record_that_cannot_be_read_is_withheld_whole(value: bytes) -> None:
     text, redacted = redact(value)
     assert (text, redacted) == ("", [WHOLE_ORIGINAL])
-    letter = dead_letter(Record("member.admitted", value, b"k"), "bad", "registry")
+    letter = dead_letter(consumed("member.admitted", value, b"k"), "bad", "registry")
     assert letter.redacted == [WHOLE_ORIGINAL]  # enqueue_dead_letter keeps it in the database
 
 
 def test_other_topics_keep_their_original_verbatim() -> None:
     value = left("goch", "Förderung endet")
-    letter = dead_letter(Record("city.left", value, b"goch"), "bad", "matcher")
+    letter = dead_letter(consumed("city.left", value, b"goch"), "bad", "matcher")
     assert letter.original == value.decode() and letter.redacted == []
-    binary = dead_letter(Record("city.left", b"\xff", b"\x00" * 300), "bad", "matcher")
+    binary = dead_letter(consumed("city.left", b"\xff", b"\x00" * 300), "bad", "matcher")
     assert binary.original_encoding == "base64"
     assert binary.key is not None and len(binary.key) == 200 and "\x00" not in binary.key
 
@@ -189,7 +183,7 @@ def test_other_topics_keep_their_original_verbatim() -> None:
 def test_a_record_of_many_fields_names_some_and_counts_the_rest() -> None:
     data = {f"field{i}": i for i in range(5000)}
     value = json.dumps(envelope("member.admitted", data)).encode()
-    letter = dead_letter(Record("member.admitted", value, b"x"), "bad", "registry")
+    letter = dead_letter(consumed("member.admitted", value, b"x"), "bad", "registry")
     assert len(letter.redacted) == 51 and letter.redacted[-1] == "… and 4950 more"
     assert len(json.loads(letter.original)["data"]) == 5000
 

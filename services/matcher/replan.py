@@ -13,7 +13,7 @@ import logging
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import String, delete, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -133,10 +133,23 @@ async def _members_of(connection: AsyncConnection) -> list[Member]:
     return await cache.load(connection)
 
 
-async def load_state(
-    connection: AsyncConnection, today: dt.date
-) -> tuple[list[Member], list[Tandem], dict[str, tuple[str, str]], set[tuple[str, str]],
-           set[tuple[str, str]], dict[str, str]]:  # fmt: skip
+class PlanState(NamedTuple):
+    """What a plan starts from, as the database holds it."""
+
+    members: list[Member]
+    #: The accepted tandems.
+    tandems: list[Tandem]
+    #: The pending proposals: newcomer id -> (proposal id, mentor id).
+    pending: dict[str, tuple[str, str]]
+    #: (newcomer id, mentor id) pairs staff rejected.
+    rejected: set[tuple[str, str]]
+    #: (newcomer id, mentor id) pairs staff forbade.
+    forbidden: set[tuple[str, str]]
+    #: Pinned pairs: newcomer id -> mentor id.
+    pinned: dict[str, str]
+
+
+async def load_state(connection: AsyncConnection, today: dt.date) -> PlanState:
     """Members, accepted tandems, pending proposals, rejected, forbidden and pinned pairs."""
     members = await _members_of(connection)
     p = tables.proposals
@@ -167,11 +180,11 @@ async def load_state(
             forbidden.add((str(rule["newcomer_id"]), str(rule["mentor_id"])))
         elif rule["rule"] == "pinned":
             pinned[str(rule["newcomer_id"])] = str(rule["mentor_id"])
-    return members, tandems, pending, rejected, forbidden, pinned
+    return PlanState(members, tandems, pending, rejected, forbidden, pinned)
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
     """A plan and the rows that record it."""
 
     plan: Plan
@@ -181,31 +194,29 @@ class _Outcome:
     waiting: list[dict[str, Any]]
 
 
-def _plan(
-    state: tuple[list[Member], list[Tandem], dict[str, tuple[str, str]], set[tuple[str, str]],
-                 set[tuple[str, str]], dict[str, str]],
+def plan_outcome(
+    state: PlanState,
     weights: Weights,
     today: dt.date,
     now: dt.datetime,
     planner: IncrementalPlanner,
-) -> _Outcome:  # fmt: skip
+) -> Outcome:
     """Plan (pure CPU work: runs in a worker thread) and build the rows to write.
 
     The planner repairs its last plan where it can (``domain.incremental``) and plans in full
     otherwise; either way the plan is optimal for this state."""
-    members, tandems, pending, rejected, forbidden, pinned = state
     plan = planner.plan(
-        members,
-        tandems,
-        pending={n: m for n, (_, m) in pending.items()},
-        rejected=rejected,
-        forbidden=forbidden,
-        pinned=pinned,
+        state.members,
+        state.tandems,
+        pending={n: m for n, (_, m) in state.pending.items()},
+        rejected=state.rejected,
+        forbidden=state.forbidden,
+        pinned=state.pinned,
         weights=weights,
         today=today,
     )
     PLANS.labels(planner.stats.last).inc()
-    changes = reconcile(plan, pending)
+    changes = reconcile(plan, state.pending)
     proposals: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for change in changes.new:
@@ -252,12 +263,10 @@ def _plan(
          "updated_at": now}
         for newcomer_id, reason in plan.unmatched.items()
     ]  # fmt: skip
-    return _Outcome(plan, list(changes.supersede), proposals, events, waiting)
+    return Outcome(plan, list(changes.supersede), proposals, events, waiting)
 
 
-async def resolve(
-    engine: AsyncEngine, weights: Weights, today: dt.date, holder: str
-) -> SolveResult:
+async def replan(engine: AsyncEngine, weights: Weights, today: dt.date, holder: str) -> SolveResult:
     """Re-solve jointly for all waiting newcomers and persist the changes.
 
     The planning runs in a worker thread (the event loop keeps serving the consumer's
@@ -268,7 +277,9 @@ async def resolve(
         weights = await adopted_weights(connection) or weights  # staff's, above the settings
         state = await load_state(connection, today)
         now = utcnow()
-        outcome = await asyncio.to_thread(_plan, state, weights, today, now, planner_of(engine))
+        outcome = await asyncio.to_thread(
+            plan_outcome, state, weights, today, now, planner_of(engine)
+        )
         await record_outcome(connection, outcome, now)
     plan = outcome.plan
     return SolveResult(
@@ -279,7 +290,7 @@ async def resolve(
     )
 
 
-async def record_outcome(connection: AsyncConnection, outcome: _Outcome, now: dt.datetime) -> None:
+async def record_outcome(connection: AsyncConnection, outcome: Outcome, now: dt.datetime) -> None:
     """Write a plan's changes in the caller's transaction (which holds the solver lock):
     supersede, insert the new proposals and their events, replace the waiting list."""
     superseded = outcome.superseded

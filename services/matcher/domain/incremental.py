@@ -77,7 +77,8 @@ from services.matcher.domain.planning import (
     plan_tandems,
     propose,
 )
-from services.matcher.domain.scoring import Weights, score_matrix
+from services.matcher.domain.score_engine import score_matrix
+from services.matcher.domain.scoring import Weights
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,14 @@ from services.matcher.domain.explain import (
 )
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
+from services.matcher.domain.score_engine import ScoreMatrix, score_matrix
 from services.matcher.domain.scoring import (
     CRITERIA,
-    ScoreMatrix,
     Weights,
     experience_score,
     geography_score,
     network_score,
     population_score,
-    score_matrix,
     topic_score,
 )
 

@@ -62,19 +62,21 @@ from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.network import tandem_graph
 from services.matcher.domain.planning import (
     ALTERNATIVES,
-    SHARED_CHECK_LIMIT,
     SHORTLIST,
     Plan,
-    PlanContext,
-    PlannedProposal,
     _feasibility,
     _pins,
     _unmatched_reason,
-    components_of,
     free_capacity,
-    mentor_components,
     newcomers_of,
     plan_tandems,
+)
+from services.matcher.domain.proposing import (
+    SHARED_CHECK_LIMIT,
+    PlanContext,
+    PlannedProposal,
+    components_of,
+    mentor_components,
     propose,
 )
 from services.matcher.domain.score_engine import score_matrix

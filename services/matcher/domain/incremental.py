@@ -50,7 +50,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
+from numpy.typing import NDArray
 
 from services.matcher.domain.incremental_explain import _Explaining
 from services.matcher.domain.incremental_rows import _RowsAndColumns
@@ -304,6 +306,31 @@ class _State(_Explaining, _RowsAndColumns):
             return False
         changed = self._changed_members(old, new)
         tandems_changed = new.tandems != old.tandems
+        accepted = self._accepts(old, new, changed, tandems_changed)
+        if accepted is None:
+            return False
+        graph, row_now = accepted
+        excluded_added = new.excluded - old.excluded
+        excluded_gone = old.excluded - new.excluded
+        changed_cols, mentors_changed, old_years = self._adopt(
+            new, graph, changed, excluded_added, excluded_gone
+        )
+        entering: set[str] = set()
+        self._change_rows(new, changed, row_now, excluded_added, entering)
+        mentors_changed |= self._change_cols(new, changed, entering, changed_cols)
+        self._change_cells(old, new, excluded_gone, entering)
+        self._enter_changed(new, row_now, entering)
+        self._mark_moved(changed_cols)
+        if mentors_changed:
+            self._dirty_shared(old_years)
+        self._explain()
+        return True
+
+    def _accepts(
+        self, old: _Inputs, new: _Inputs, changed: set[str], tandems_changed: bool
+    ) -> tuple[nx.Graph, dict[str, bool]] | None:
+        """The graph and the rows after the change (member id -> a newcomer now), or None
+        when the change needs a full plan (``changed`` gains the members of changed tandems)."""
         graph = self.graph
         if tandems_changed:
             before = {(t.newcomer_id, t.mentor_id, t.started, t.ends) for t in old.tandems}
@@ -320,7 +347,7 @@ class _State(_Explaining, _RowsAndColumns):
             changed & pinned_ids
             or any(n in pinned_ids or m in pinned_ids for n, m in excluded_added | excluded_gone)
         ):
-            return False
+            return None
         # The rows (newcomers) and columns (mentors with capacity) after the change.
         row_now = {i: self._is_newcomer(new.members.get(i)) for i in changed}
         years = self.row_years.copy()
@@ -332,17 +359,29 @@ class _State(_Explaining, _RowsAndColumns):
                 years[new.members[i].joined.year] += 1
         latest = max((y for y, count in years.items() if count > 0), default=None)
         if latest != self.latest:
-            return False
+            return None
         if tandems_changed and (graph.edges != self.graph.edges):
             waiting = set(self.rows) | {i for i, now in row_now.items() if now}
             if any(i in graph or i in self.graph for i in waiting):
-                return False  # a waiting newcomer's network criterion may change
+                return None  # a waiting newcomer's network criterion may change
         if len(self.rows) + sum(row_now.values()) + 2 > self.big / 2:
-            return False
+            return None
         if self.crowded(
             sum(row_now.values()) + len(self.rows), sum(c.capacity for c in self.cols.values())
         ):
-            return False
+            return None
+        return graph, row_now
+
+    def _adopt(
+        self,
+        new: _Inputs,
+        graph: nx.Graph,
+        changed: set[str],
+        excluded_added: frozenset[Pair],
+        excluded_gone: frozenset[Pair],
+    ) -> tuple[set[str], bool, NDArray[np.int_]]:
+        """Take the new inputs; the columns whose holders' explanations may change, whether a
+        mentor changed, and the mentors' joining years before the change."""
         self.graph = graph
         self.inputs = new
         self._years = None
@@ -367,8 +406,17 @@ class _State(_Explaining, _RowsAndColumns):
             if n in self.rows:
                 self.dirty.add(n)
                 changed_cols.add(held_before(n) or "")
+        return changed_cols, mentors_changed, old_years
 
-        entering: set[str] = set()
+    def _change_rows(
+        self,
+        new: _Inputs,
+        changed: set[str],
+        row_now: dict[str, bool],
+        excluded_added: frozenset[Pair],
+        entering: set[str],
+    ) -> None:
+        """Steps 1 and 2: rows that leave or changed, cells that became infeasible."""
         # 1. Rows that leave, or whose member changed (they enter again with new scores).
         for i in sorted(changed):
             row = self.rows.get(i)
@@ -388,6 +436,12 @@ class _State(_Explaining, _RowsAndColumns):
                     entering.add(n)
                 self._unlist(n, m)
                 self.dirty.add(n)
+
+    def _change_cols(
+        self, new: _Inputs, changed: set[str], entering: set[str], changed_cols: set[str]
+    ) -> bool:
+        """Steps 3 to 5: columns that go, change or come; whether a mentor changed."""
+        mentors_changed = False
         # 3. Columns that go or change.
         col_now: dict[str, int] = {}
         for j in changed:
@@ -425,6 +479,12 @@ class _State(_Explaining, _RowsAndColumns):
         # 5. New columns: one column of scores against every row.
         if added_cols:
             entering |= self._add_cols(added_cols, new)
+        return mentors_changed
+
+    def _change_cells(
+        self, old: _Inputs, new: _Inputs, excluded_gone: frozenset[Pair], entering: set[str]
+    ) -> None:
+        """Steps 6 and 7: cells feasible again, incumbents that changed."""
         # 6. Cells that became feasible again.
         for n, m in sorted(excluded_gone):
             row = self.rows.get(n)
@@ -446,6 +506,9 @@ class _State(_Explaining, _RowsAndColumns):
                     entering.add(i)
                 if self._ties(i):  # "kept at a tie" or not: its why-not may change
                     self.dirty.add(i)
+
+    def _enter_changed(self, new: _Inputs, row_now: dict[str, bool], entering: set[str]) -> None:
+        """Step 8: new rows, and every row taken out, enter; the result is checked."""
         # 8. New rows, and every row taken out, enter (in id order: deterministic).
         fresh = sorted(i for i, now in row_now.items() if now and i not in self.rows)
         self._new_rows(fresh, new)
@@ -463,6 +526,10 @@ class _State(_Explaining, _RowsAndColumns):
         self._enter(sorted(entering))
         self._prefer_closer()
         self._check_touched()
+
+    def _mark_moved(self, changed_cols: set[str]) -> None:
+        """Rows listing a mentor that changed hands, or whose holder changed, are dirty."""
+        held_before = self._held_before
         # Mentors that changed hands: every row listing one may have it as an alternative.
         # (A row whose mentor changed is dirty: every step that moves a row marks it.)
         for i in self.dirty:
@@ -475,7 +542,3 @@ class _State(_Explaining, _RowsAndColumns):
             col = self.cols.get(j)
             if col is not None:
                 self.dirty.update(col.listed_by)
-        if mentors_changed:
-            self._dirty_shared(old_years)
-        self._explain()
-        return True

@@ -80,7 +80,7 @@ from services.matcher.domain.planning import (
     newcomers_of,
     plan_tandems,
 )
-from services.matcher.domain.score_engine import score_matrix
+from services.matcher.domain.score_engine import ScoreMatrix, score_matrix
 from services.matcher.domain.scoring import Weights
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,32 @@ def _wishes_waiting(inputs: _Inputs) -> bool:
     return any(x.id not in had_tandem for x in wishing)
 
 
+def _unlisted_incumbents(
+    newcomers: list[Member],
+    column: dict[str, int],
+    feasible: NDArray[np.bool_],
+    pending: dict[str, str],
+    scores: ScoreMatrix,
+) -> dict[tuple[int, int], float]:
+    """The scores of the incumbents not in their row's shortlist, by (row, column): they are
+    listed too (their bonus may count)."""
+    listed = scores.shortlist
+    extra_rows: list[int] = []
+    extra_cols: list[int] = []
+    for i, newcomer in enumerate(newcomers):
+        held = column.get(pending.get(newcomer.id, ""), -1)
+        if held >= 0 and feasible[i, held] and held not in listed[i]:
+            extra_rows.append(i)
+            extra_cols.append(held)
+    extra: dict[tuple[int, int], float] = {}
+    if extra_rows:
+        values_of = scores.cells(
+            np.array(extra_rows, dtype=np.int_), np.array(extra_cols, dtype=np.int_)
+        )
+        extra = dict(zip(zip(extra_rows, extra_cols, strict=True), values_of.tolist(), strict=True))
+    return extra
+
+
 class _State(_Explaining, _RowsAndColumns):
     """Rows, columns, prices and proposals of the last plan, and how to update them."""
 
@@ -251,22 +277,7 @@ class _State(_Explaining, _RowsAndColumns):
         listed = scores.shortlist
         values = scores.shortlist_scores
         counts = np.count_nonzero(listed >= 0, axis=1)
-        # Incumbents not in their row's shortlist are listed too (their bonus may count).
-        extra_rows: list[int] = []
-        extra_cols: list[int] = []
-        for i, newcomer in enumerate(newcomers):
-            held = column.get(inputs.pending.get(newcomer.id, ""), -1)
-            if held >= 0 and feasible[i, held] and held not in listed[i]:
-                extra_rows.append(i)
-                extra_cols.append(held)
-        extra: dict[tuple[int, int], float] = {}
-        if extra_rows:
-            values_of = scores.cells(
-                np.array(extra_rows, dtype=np.int_), np.array(extra_cols, dtype=np.int_)
-            )
-            extra = dict(
-                zip(zip(extra_rows, extra_cols, strict=True), values_of.tolist(), strict=True)
-            )
+        extra = _unlisted_incumbents(newcomers, column, feasible, inputs.pending, scores)
         for i, newcomer in enumerate(newcomers):
             k = int(counts[i])
             cols = [mentors[j].id for j in listed[i, :k].tolist()]

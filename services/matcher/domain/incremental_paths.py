@@ -100,10 +100,16 @@ class _Paths(_Kept):
         for j, d in done_cols.items():
             if d < delta:
                 cols[j].v += delta - d
-        # Augment along the path.
+        self._augment(s, end_kind, end, pred)
+        return lowered
+
+    def _augment(self, s: str, end_kind: int, end: str, pred: dict[str, str]) -> None:
+        """Augment along the path that ``_add_row`` found from row ``s`` to ``end`` (a column
+        with room, kind 0, or a row's dummy, kind 1; none when that row is ``s``)."""
+        rows, cols = self.rows, self.cols
         if end_kind == 1:
             if end == s:
-                return lowered
+                return
             j_free = rows[end].col
             assert j_free is not None
             cols[j_free].rows.discard(end)
@@ -126,7 +132,6 @@ class _Paths(_Kept):
                 break
             assert previous is not None
             target = previous
-        return lowered
 
     def _free_all(self, j: str) -> None:
         """Column ``j`` has free places: while it is priced, let rows move in."""

@@ -35,21 +35,7 @@ class _Explaining(_Kept):
         """Rebuild the proposals of the dirty rows and the unmatched reasons, with
         ``planning.propose`` against a context of just those rows and the holders of the
         mentors they list. A rebuilt proposal equal to the one before stays that object."""
-        dirty, self.dirty = sorted(self.dirty), set()
-        planned: list[str] = []
-        before: dict[str, PlannedProposal] = {}
-        for i in dirty:
-            row = self.rows.get(i)
-            old = self.proposals.pop(i, None)
-            if old is not None:
-                before[i] = old
-            self.unmatched.pop(i, None)
-            if row is None:
-                continue
-            if row.col is None and row.pinned is None:
-                self.unmatched[i] = self._unmatched_reason(row)
-            else:
-                planned.append(i)
+        planned, before = self._take_dirty()
         if not planned:
             return
         index = self.mentor_index
@@ -117,6 +103,26 @@ class _Explaining(_Kept):
         for proposal in propose(rows, listed_cols, pinned, wished, context):
             old = before.get(proposal.newcomer_id)
             self.proposals[proposal.newcomer_id] = old if old == proposal else proposal
+
+    def _take_dirty(self) -> tuple[list[str], dict[str, PlannedProposal]]:
+        """Take the dirty rows: drop their proposals and reasons, give the unmatched ones their
+        reason; returns the rows to plan and the proposals they had before."""
+        dirty, self.dirty = sorted(self.dirty), set()
+        planned: list[str] = []
+        before: dict[str, PlannedProposal] = {}
+        for i in dirty:
+            row = self.rows.get(i)
+            old = self.proposals.pop(i, None)
+            if old is not None:
+                before[i] = old
+            self.unmatched.pop(i, None)
+            if row is None:
+                continue
+            if row.col is None and row.pinned is None:
+                self.unmatched[i] = self._unmatched_reason(row)
+            else:
+                planned.append(i)
+        return planned, before
 
     def _unmatched_reason(self, row: _Row) -> str:
         if self._years is None:

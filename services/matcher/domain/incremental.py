@@ -400,7 +400,7 @@ class _State(_Explaining, _RowsAndColumns):
             self.excluded_of.setdefault(n, set()).add(m)
         for n, m in excluded_gone:
             self.excluded_of.get(n, set()).discard(m)
-        # What explanations depend on besides the own pair (``planning.propose``): who holds
+        # What explanations depend on besides the own pair (``proposing.propose``): who holds
         # each mentor, its capacity, the holders' names and scores (``taken_by``, ``why_not``),
         # and every eligible mentor of a row (statements shared by all are left out).
         held_before = self._held_before

@@ -33,7 +33,7 @@ class _Explaining(_Kept):
 
     def _explain(self) -> None:
         """Rebuild the proposals of the dirty rows and the unmatched reasons, with
-        ``planning.propose`` against a context of just those rows and the holders of the
+        ``proposing.propose`` against a context of just those rows and the holders of the
         mentors they list. A rebuilt proposal equal to the one before stays that object."""
         planned, before = self._take_dirty()
         if not planned:

@@ -29,7 +29,8 @@ from services.bench.synthetic import generate
 from services.matcher.domain.assignment import solve_assignment
 from services.matcher.domain.model import Member
 from services.matcher.domain.planning import plan_tandems
-from services.matcher.domain.scoring import Weights, score_matrix
+from services.matcher.domain.score_engine import score_matrix
+from services.matcher.domain.scoring import Weights
 
 #: The day the synthetic network is solved on (fixed, so that every run solves the same problem).
 TODAY = dt.date(2025, 1, 15)

@@ -14,13 +14,13 @@ from services.matcher.domain.lifecycle import IllegalTransition, ProposalStatus,
 from services.matcher.domain.model import Member, Pair, Tandem
 from services.matcher.domain.planning import (
     Plan,
-    PlannedProposal,
     Unmatched,
     newcomers_of,
     plan_tandems,
     reconcile,
     unmatched_message,
 )
+from services.matcher.domain.proposing import PlannedProposal
 from services.matcher.domain.scoring import DEFAULT_WEIGHTS, Weights
 
 TODAY = dt.date(2024, 10, 1)

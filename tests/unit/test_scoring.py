@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 
 from schemas.member import STATES
 from schemas.topics import TOPICS
-from services.matcher.domain import scoring
+from services.matcher.domain import score_engine
 from services.matcher.domain.explain import explain_pair, inhabitants
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.network import former_partners, tandem_graph
+from services.matcher.domain.score_engine import score_matrix
 from services.matcher.domain.scoring import (
     CRITERIA,
     DEFAULT_WEIGHTS,
     Weights,
     distance_km,
-    score_matrix,
     score_pair,
 )
 
@@ -411,7 +411,7 @@ def test_shortlist_from_float32_equals_the_exact_best_columns(
     monkeypatch: pytest.MonkeyPatch, seed: int, float32: bool
 ) -> None:
     # Force the float32 path (or the exact one) on a matrix small enough to check.
-    monkeypatch.setattr(scoring, "_FLOAT32_CELLS", 0 if float32 else 1 << 40)
+    monkeypatch.setattr(score_engine, "_FLOAT32_CELLS", 0 if float32 else 1 << 40)
     rng = np.random.default_rng(seed)
     newcomers, mentors = random_members(rng, "n", 9), random_members(rng, "m", 400)
     feasible = rng.random((len(newcomers), len(mentors))) < rng.uniform(0.05, 1.0)
@@ -448,8 +448,8 @@ def test_float32_pass_stays_well_within_the_shortlist_margin(seed: int) -> None:
     newcomers, mentors = random_members(rng, "n", 20), random_members(rng, "m", 300)
     for weights in (DEFAULT_WEIGHTS, Weights(0, 0, 1, 0, 0), Weights(*rng.uniform(0, 1, 5))):
         exact = score_matrix(newcomers, mentors, weights, TODAY)
-        fast = scoring._WeightedTerms.of(exact.criteria, weights, np.float32)
+        fast = score_engine._WeightedTerms.of(exact.criteria, weights, np.float32)
         out = np.empty(exact.shape, dtype=np.float32)
         fast.write(np.arange(len(newcomers)), out, np.empty_like(out), clip=False)
         error = np.abs(np.clip(out.astype(float), 0.0, 1.0) - exact.total).max()
-        assert error < scoring._FLOAT32_MARGIN / 2
+        assert error < score_engine._FLOAT32_MARGIN / 2

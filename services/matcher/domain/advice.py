@@ -337,7 +337,7 @@ def _conditions(pool: _Pool, at: int) -> tuple[FloatArray, FloatArray]:
     """Population and geography scores of every member against member ``at``.
 
     The formulas and constants of ``scoring.population_score`` and ``scoring.geography_score``
-    (the tests check they agree), vectorised here because ``scoring.score_matrix`` also builds
+    (the tests check they agree), vectorised here because ``score_engine.score_matrix`` also builds
     topic and network features this score does not use, which alone costs ~30 ms for 10,000
     members.
     """

@@ -76,7 +76,7 @@ FloatArray = NDArray[np.float64]
 
 
 class ScoreSource(Protocol):
-    """Scores computed on demand (``scoring.ScoreMatrix``): the solver reads only a few rows
+    """Scores computed on demand (``score_engine.ScoreMatrix``): the solver reads only a few rows
     and cells of the n x m matrix, so it need never exist as a whole."""
 
     @property

@@ -57,3 +57,18 @@ def test_no_service_imports_demo_code(service: str) -> None:
 
 def test_infra_imports_no_service() -> None:
     assert offenders("services.infra", ("services.matcher", "services.registry")) == []
+
+
+def test_the_matcher_domain_does_no_io() -> None:
+    """Scoring, assignment, planning, reasons, calibration, lifecycle and advice ranking are plain
+    Python: stdlib, numpy, scipy, networkx, ``schemas`` and their own modules."""
+    io = ("faststream", "aiokafka", "sqlalchemy", "fastapi", "starlette", "httpx", "asyncpg",
+          "aiosqlite", "services.infra", "services.registry", "services.staff")  # fmt: skip
+    assert offenders("services.matcher.domain", io) == []
+    outside = [
+        f"{module} imports {name}"
+        for module, names in imports_of("services.matcher.domain").items()
+        for name in names
+        if name.startswith("services.") and not name.startswith("services.matcher.domain")
+    ]
+    assert outside == []

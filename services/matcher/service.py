@@ -33,6 +33,7 @@ from services.infra.metrics import SOLVE_SECONDS
 from services.infra.outbox import OutboxRelay, RecordSink
 from services.infra.records import Delivery, Poison, payload_digest
 from services.matcher import store, tables
+from services.matcher.coalescing import Coalescing
 from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
 from services.matcher.replan import SolveResult, ensure_lock_row, replan
@@ -243,8 +244,9 @@ class MatcherService:
         keeps its group session meanwhile).
         """
         loop = asyncio.get_running_loop()
-        debounce = self.settings.solve_debounce_ms / 1000
-        max_delay = self.settings.solve_max_delay_ms / 1000
+        rule = Coalescing(
+            self.settings.solve_debounce_ms / 1000, self.settings.solve_max_delay_ms / 1000
+        )
         backoff = 0.5
         ended, took = -math.inf, 0.0
         while True:
@@ -253,18 +255,17 @@ class MatcherService:
             # Wait for a quiet moment (or the longest delay) so a burst becomes one solve.
             while True:
                 self._dirty.clear()
-                remaining = max_delay - (loop.time() - first)
-                if remaining <= 0:
+                wait = rule.quiet_wait(first, loop.time())
+                if wait <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self._dirty.wait(), min(debounce, remaining))
+                    await asyncio.wait_for(self._dirty.wait(), wait)
                 except TimeoutError:
                     break
-            if took > max_delay:  # a long solve: leave as much time to ingesting
-                pause = ended + took - loop.time()
-                if pause > 0:
-                    self._solving = True  # waiting for its solve counts as pending
-                    await asyncio.sleep(pause)
+            pause = rule.pause_before_solving(ended, took, loop.time())
+            if pause > 0:  # a long solve: leave as much time to ingesting
+                self._solving = True  # waiting for its solve counts as pending
+                await asyncio.sleep(pause)
             self._dirty.clear()
             self._solving = True
             began = loop.time()

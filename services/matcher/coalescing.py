@@ -1,0 +1,32 @@
+"""When the matcher re-plans: changes are coalesced so that a burst becomes few solves.
+
+Plain arithmetic on times (seconds on any monotonic clock), so the rule is tested with a clock
+the test moves (``tests/service/test_coalescing.py``); ``MatcherService``'s solve loop asks it
+with the event loop's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Coalescing:
+    """A change waits for a quiet moment of ``debounce`` seconds, but at most ``max_delay``
+    after the first change of its round; a solve that took longer than ``max_delay`` is followed
+    by a pause as long as it took, so under a long burst at least half of the time goes to
+    ingesting."""
+
+    debounce: float
+    max_delay: float
+
+    def quiet_wait(self, first_change: float, now: float) -> float:
+        """How long to wait for further changes before solving (0: solve now)."""
+        remaining = self.max_delay - (now - first_change)
+        return 0.0 if remaining <= 0 else min(self.debounce, remaining)
+
+    def pause_before_solving(self, last_ended: float, last_took: float, now: float) -> float:
+        """How long to leave to ingesting before the next solve starts (0: none)."""
+        if last_took <= self.max_delay:
+            return 0.0
+        return max(0.0, last_ended + last_took - now)

@@ -1,0 +1,72 @@
+"""The matcher's coalescing rule with a clock the test moves: a burst becomes few solves, no
+change waits longer than the longest delay (plus a quiet moment), a long solve leaves time to
+ingest."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.matcher.coalescing import Coalescing
+
+RULE = Coalescing(debounce=0.010, max_delay=0.100)
+
+
+def solves_for(changes: list[float], rule: Coalescing, solve_takes: float = 0.0) -> list[float]:
+    """When solves start for changes arriving at ``changes`` (sorted seconds), driven as the
+    solve loop drives the rule: wait for a quiet moment, pause after a long solve, solve."""
+    starts: list[float] = []
+    pending = sorted(changes)
+    ended, took = float("-inf"), 0.0
+    while pending:
+        first = now = pending.pop(0)
+        while True:
+            wait = rule.quiet_wait(first, now)
+            if wait <= 0:
+                break
+            if pending and pending[0] <= now + wait:  # another change within the wait
+                now = pending.pop(0)
+                continue
+            now += wait
+            break
+        now += rule.pause_before_solving(ended, took, now)
+        while pending and pending[0] <= now:  # changes during the pause join this solve
+            pending.pop(0)
+        starts.append(now)
+        ended, took = now + solve_takes, solve_takes
+    return starts
+
+
+def test_one_change_is_solved_after_a_quiet_moment() -> None:
+    assert solves_for([1.0], RULE) == [1.0 + RULE.debounce]
+
+
+def test_a_burst_that_never_pauses_is_solved_at_the_longest_delay() -> None:
+    burst = [i * 0.005 for i in range(100)]  # every 5 ms for half a second: never quiet
+    starts = solves_for(burst, RULE)
+    assert starts[0] == RULE.max_delay
+    assert len(starts) <= 6  # 0.5 s of changes in rounds of at most 0.1 s
+
+
+def test_a_long_solve_is_followed_by_as_long_a_pause() -> None:
+    # The first solve starts at 0.01 and takes 0.5 s: a change at 0.3 is solved only after a
+    # pause as long as that solve, at 0.51 + 0.5.
+    assert solves_for([0.0, 0.3], RULE, solve_takes=0.5) == pytest.approx([0.01, 1.01])
+    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.5, now=10.2) == pytest.approx(0.3)
+    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.05, now=10.0) == 0.0
+    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.5, now=11.0) == 0.0
+
+
+@given(st.lists(st.floats(min_value=0, max_value=2, allow_nan=False), min_size=1, max_size=60))
+def test_no_change_waits_longer_than_the_longest_delay(changes: list[float]) -> None:
+    starts = solves_for(changes, RULE)
+    for change in changes:
+        solved = min(s for s in starts if s >= change)
+        assert solved - change <= RULE.max_delay + 1e-9
+    # A solve starts only after a quiet moment or at the longest delay: never more solves than
+    # changes, and never two within one quiet moment.
+    assert len(starts) <= len(changes)
+    assert all(b - a >= RULE.debounce - 1e-9 for a, b in itertools.pairwise(starts))

@@ -117,8 +117,22 @@ class Node:
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://{settings.host}:{port}"
         if self.broker is not None:
+            await self._republish_to_a_fresh_broker()
             self._supervising = asyncio.create_task(
                 self._supervise_broker(self.broker), name="embedded-broker-supervisor"
+            )
+
+    async def _republish_to_a_fresh_broker(self) -> None:
+        """An embedded broker starts empty, but the databases kept everything: members whose
+        ``city.joined`` reached the last broker and not yet the matcher (a ``kill -9`` in a
+        burst) would be missed for good. Republish every member (idempotent for the matcher)."""
+        if self.registry is None:
+            return
+        count = await self.registry.republish()
+        if count:
+            log.info(
+                "the embedded broker starts empty: republished city.joined for %d members",
+                count,
             )
 
     async def _supervise_broker(self, broker: EmbeddedBroker) -> None:

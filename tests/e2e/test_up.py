@@ -137,3 +137,46 @@ def test_up_refuses_a_bad_setting_in_one_line_without_echoing_it(
     assert f"invalid configuration: {named}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "sh0rt" not in result.stderr + result.stdout
+
+
+async def test_a_restart_on_a_fresh_embedded_broker_misses_no_member(tmp_path: Path) -> None:
+    """The embedded broker keeps nothing across a restart, the databases keep everything: a
+    member whose city.joined reached the old broker but not the matcher (here: the matcher's
+    database lost) reaches the matcher after the restart, because the start republishes."""
+    from pydantic import SecretStr
+
+    from services.infra.settings import CommonSettings
+    from services.runtime import Node
+    from tests.helpers import eventually
+
+    settings = CommonSettings(data=tmp_path, port=0, api_tokens=SecretStr(TOKENS))
+    ids = ["ammerbuch", "lemgo", "speyer"]
+
+    async def matcher_knows(node: Node) -> bool:
+        async with httpx.AsyncClient(
+            base_url=node.url, headers={"Authorization": f"Bearer {STAFF}"}
+        ) as staff:
+            status = (await staff.get("/api/matcher/status")).json()
+        return int(status["members"]) == len(ids)
+
+    node = Node(settings)
+    await node.start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=node.url, headers={"Authorization": f"Bearer {PLATFORM}"}
+        ) as platform:
+            for member_id in ids:
+                body = member_body(member_id, "2016-01-01")
+                assert (await platform.post("/api/members", json=body)).status_code == 201
+        await eventually(lambda: matcher_knows(node), "the matcher to know every member")
+    finally:
+        await node.stop()
+    for name in ("matcher.db", "matcher.db-wal", "matcher.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+
+    node = Node(settings)
+    await node.start()
+    try:
+        await eventually(lambda: matcher_knows(node), "the matcher to know them again", 60)
+    finally:
+        await node.stop()

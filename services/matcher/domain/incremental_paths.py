@@ -120,14 +120,7 @@ class _Paths(_Kept):
             target = end
         while True:
             i = pred[target]
-            r = rows[i]
-            previous = r.col
-            if previous is not None:
-                cols[previous].rows.discard(i)
-            cols[target].rows.add(i)
-            r.col = target
-            self.dirty.add(i)
-            self.touched_cols.add(target)
+            previous = self._move(i, target)
             if i == s:
                 break
             assert previous is not None
@@ -203,18 +196,24 @@ class _Paths(_Kept):
         else:
             i = end
         while True:
-            r = rows[i]
             target = pred[i]
-            previous = r.col
-            if previous is not None:
-                cols[previous].rows.discard(i)
-            cols[target].rows.add(i)
-            r.col = target
-            self.dirty.add(i)
-            self.touched_cols.add(target)
+            self._move(i, target)
             if target == k:
                 break
             i = via[target]
+
+    def _move(self, i: str, target: str) -> str | None:
+        """Row ``i`` takes a place in column ``target`` (one step of an augmenting path); the
+        column it leaves, if any."""
+        r = self.rows[i]
+        previous = r.col
+        if previous is not None:
+            self.cols[previous].rows.discard(i)
+        self.cols[target].rows.add(i)
+        r.col = target
+        self.dirty.add(i)
+        self.touched_cols.add(target)
+        return previous
 
     # --- checks ---------------------------------------------------------------------------------
 

@@ -66,11 +66,21 @@ def shortlist_of(scores: NDArray[np.float64], feasible: NDArray[np.bool_], k: in
 
 
 #: The solver's paths, forced by its size limits: the whole problem dense (what small inputs
-#: take), candidate lists with a dense reduced problem, candidate lists with the sparse one.
+#: take), candidate lists with a dense reduced problem, candidate lists with the sparse one,
+#: lists per mentor.
 PATHS = {
     "whole": {},
     "lists, dense": {"_WHOLE_DENSE_CELLS": -1},
     "lists, sparse": {"_WHOLE_DENSE_CELLS": -1, "_SMALL_REDUCED_CELLS": -1},
+    # Lists per mentor (what crowded problems take), starting at one newcomer so that the
+    # certificate fails and lists grow.
+    "mentor lists": {
+        "_WHOLE_DENSE_CELLS": -1,
+        "_CROWDED_FACTOR": -1,
+        "_COLUMN_FIRST_PER_SLOT": 0,
+        "_COLUMN_FIRST_EXTRA": 1,
+        "_COLUMN_DENSE_SHARE": float("inf"),
+    },
 }
 
 
@@ -314,3 +324,30 @@ def test_empty_instances() -> None:
     assert solve_assignment(
         np.zeros((2, 0)), np.ones(0, np.int_), np.ones((2, 0), bool), none(2), none(2)
     ).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crowded_problems_solved_by_mentor_lists_reach_the_whole_optimum(seed: int) -> None:
+    # Many more newcomers than places (a burst of joins), sizes where lists must grow: the
+    # lists per mentor reach the optimum of the whole dense problem.
+    rng = np.random.default_rng(seed)
+    n, m = 400, 40
+    scores = np.round(rng.random((n, m)) ** 3, 2)  # many ties, most cells low
+    capacity = rng.integers(0, 3, m)
+    feasible = rng.random((n, m)) < 0.6
+    incumbent = np.where(rng.random(n) < 0.2, rng.integers(0, m, n), -1)
+    args = (scores, capacity, feasible, incumbent, none(n))
+    with patch.object(assignment, "_WHOLE_DENSE_CELLS", 1 << 40):
+        whole = solve_assignment(*args)
+    with patch.object(assignment, "_WHOLE_DENSE_CELLS", -1):
+        listed = solve_assignment(*args)  # crowded: the mentor lists
+    rows = np.flatnonzero(listed >= 0)
+    assert feasible[rows, listed[rows]].all()
+    assert (np.bincount(listed[rows], minlength=m) <= capacity).all()
+
+    def objective(chosen: Ints) -> tuple[int, float]:
+        matched, total = value(scores, chosen)
+        kept = int(((chosen == incumbent) & (chosen >= 0)).sum())
+        return matched, round(total + kept * INCUMBENT_TOLERANCE, 9)
+
+    assert objective(listed) == objective(whole)

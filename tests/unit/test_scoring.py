@@ -453,3 +453,32 @@ def test_float32_pass_stays_well_within_the_shortlist_margin(seed: int) -> None:
         fast.write(np.arange(len(newcomers)), out, np.empty_like(out), clip=False)
         error = np.abs(np.clip(out.astype(float), 0.0, 1.0) - exact.total).max()
         assert error < score_engine._FLOAT32_MARGIN / 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_columns_of_some_rows_alone_equal_those_of_the_whole_matrix(seed: int) -> None:
+    # A crowded plan lists the best mentors of its planned newcomers only (``list_best``).
+    rng = np.random.default_rng(300 + seed)
+    newcomers, mentors = random_members(rng, "n", 30), random_members(rng, "m", 200)
+    feasible = rng.random((len(newcomers), len(mentors))) < rng.uniform(0.05, 1.0)
+    k = int(rng.integers(1, 20))
+    whole = score_matrix(newcomers, mentors, DEFAULT_WEIGHTS, TODAY, shortlist=k, feasible=feasible)
+    some = np.sort(rng.choice(len(newcomers), 11, replace=False))
+    lazy = score_matrix(newcomers, mentors, DEFAULT_WEIGHTS, TODAY)
+    lazy.list_best(some, k, feasible)
+    assert (lazy.shortlist[some] == whole.shortlist[some]).all()
+    assert np.allclose(lazy.shortlist_scores[some], whole.shortlist_scores[some], equal_nan=True)
+    others = np.setdiff1d(np.arange(len(newcomers)), some)
+    assert (lazy.shortlist[others] == -1).all() and np.isnan(lazy.shortlist_scores[others]).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_approximate_rows_lie_within_half_their_margin(seed: int) -> None:
+    rng = np.random.default_rng(400 + seed)
+    newcomers, mentors = random_members(rng, "n", 25), random_members(rng, "m", 300)
+    for weights in (DEFAULT_WEIGHTS, Weights(0, 0, 1, 0, 0), Weights(*rng.uniform(0, 1, 5))):
+        scores = score_matrix(newcomers, mentors, weights, TODAY)
+        rows = np.array([3, 0, 24, 7])
+        rough, margin = scores.rows_approx(rows)
+        assert rough.dtype == np.float32
+        assert np.abs(rough.astype(float) - scores.rows(rows)).max() < margin / 2

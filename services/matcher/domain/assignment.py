@@ -38,6 +38,14 @@ Column reduction (exact): the full problem has n x (sum of capacities + n) cells
 * Private mentors: a mentor listed by a single newcomer has no competitor, so of such mentors
   a newcomer only needs its best one.
 
+* Crowded problems (more free newcomers than usable slots, a burst of joins): most newcomers
+  must wait, and the lists are kept per mentor instead (``_solve_crowded``): each mentor lists
+  its best newcomers, the slots are the solver's rows. A mentor that lists a newcomer left
+  unmatched is certified (that newcomer's dual value is 0, so the mentor's price covers every
+  newcomer it did not list); the others get longer lists. Neither the f x s matrix nor the
+  f x m score matrix is ever built: a float32 pass finds each mentor's candidates, which are
+  then scored exactly.
+
 Complexity: building the lists is a few O(n m) numpy passes (``np.argpartition``, in row blocks
 that stay in the CPU cache); the solver runs on n x (slots of the listed mentors + unmatchable
 newcomers) instead of n x (all slots + n). For 2,000 x 10,000 that is about 2,000 x 6,500
@@ -70,6 +78,15 @@ _WHOLE_DENSE_CELLS = 1 << 14
 _SMALL_REDUCED_CELLS = 1 << 17
 #: Above this many dummy cells per listed cell the reduced problem is solved densely.
 _SPARSE_DUMMY_FACTOR = 4
+#: Crowded: more free newcomers than this many times the usable slots. Then the lists are
+#: kept per mentor (its best newcomers), not per newcomer (``_solve_crowded``).
+_CROWDED_FACTOR = 1.0
+#: A mentor's first list in a crowded problem: this many newcomers per free slot, plus
+#: ``_COLUMN_FIRST_EXTRA``; a list that fails its certificate grows by ``CANDIDATE_GROWTH``.
+_COLUMN_FIRST_PER_SLOT = 4
+_COLUMN_FIRST_EXTRA = 4
+#: A crowded problem whose lists grow beyond this share of all its cells is solved whole.
+_COLUMN_DENSE_SHARE = 0.25
 
 IntArray = NDArray[np.int_]
 FloatArray = NDArray[np.float64]
@@ -156,8 +173,11 @@ def solve_assignment(
     # capacity too, but nobody can pair with them yet).
     usable = np.where(feasible[free].any(axis=0), remaining, 0)
     slots = int(usable.sum())
-    if free.size > slots or free.size * slots <= _WHOLE_DENSE_CELLS:
+    if free.size * slots <= _WHOLE_DENSE_CELLS:
         result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)
+        return result
+    if free.size > _CROWDED_FACTOR * slots:
+        result[free] = _solve_crowded(scores, feasible, usable, incumbent, free)
         return result
     lists = _CandidateLists(scores, feasible, remaining, incumbent, free, shortlist)
     while True:
@@ -199,6 +219,184 @@ def _solve_by_slots(
     kept = sub_feasible[rows, slots]
     chosen[rows[kept]] = slot_mentor[slots[kept]]
     return chosen
+
+
+def _solve_crowded(
+    scores: ScoreSource,
+    feasible: NDArray[np.bool_],
+    remaining: IntArray,
+    incumbent: IntArray,
+    free: IntArray,
+) -> IntArray:
+    """The same optimum when newcomers outnumber the free slots (a burst of joins), without
+    the dense f x s matrix of ``_solve_by_slots``: each mentor lists its best newcomers.
+
+    Exactness (a dual certificate from the mentors' side): solve the problem restricted to
+    the listed cells. In an optimum of it, a newcomer left unmatched has dual value 0, so a
+    mentor that lists an unmatched newcomer ``i'`` has every slot priced at least at
+    ``key(i', j)``, which is at least the key of every newcomer it did not list (lists hold
+    a mentor's best). Every cell left out then satisfies its dual constraint, and the
+    restricted optimum is optimal for the whole problem. A mentor whose listed newcomers are
+    all matched (and that left some out) gets a longer list and the restricted problem is
+    solved again. Lists start at ``_COLUMN_FIRST_PER_SLOT`` newcomers per free slot (plus
+    ``_COLUMN_FIRST_EXTRA``); if they grow past ``_COLUMN_DENSE_SHARE`` of all cells, the
+    problem is solved whole by ``_solve_by_slots``.
+    """
+    columns = np.flatnonzero(remaining > 0)
+    size = np.minimum(remaining[columns] * _COLUMN_FIRST_PER_SLOT + _COLUMN_FIRST_EXTRA, free.size)
+    lists = _ColumnLists(scores, feasible, remaining, incumbent, free)
+    lists.select(columns, size)
+    limit = _COLUMN_DENSE_SHARE * free.size * int(remaining.sum())
+    while True:
+        chosen = lists.solve()
+        failing = lists.uncertified(chosen)
+        if failing.size == 0:
+            return chosen
+        grown = np.minimum(lists.size[failing] * CANDIDATE_GROWTH, free.size)
+        if lists.cells() - lists.size[failing].sum() + grown.sum() > limit:
+            return _solve_by_slots(scores, feasible, remaining, incumbent, free)
+        lists.select(failing, grown)
+
+
+class _ColumnLists:
+    """Per mentor (column) with free slots its best free newcomers by key (score plus the
+    incumbent bonus; infeasible cells never listed), as flat cells. ``size[j]`` is how many
+    a column asked for, ``usable[j]`` how many feasible newcomers it has at all."""
+
+    def __init__(
+        self,
+        scores: ScoreSource,
+        feasible: NDArray[np.bool_],
+        remaining: IntArray,
+        incumbent: IntArray,
+        free: IntArray,
+    ) -> None:
+        self.scores, self.feasible, self.free = scores, feasible, free
+        self.remaining, self.incumbent = remaining, incumbent
+        m = remaining.size
+        self.size = np.zeros(m, dtype=np.int_)
+        self.usable = np.zeros(m, dtype=np.int_)
+        self.rows = np.empty(0, dtype=np.int_)  # index into ``free``
+        self.cols = np.empty(0, dtype=np.int_)
+        self.keys = np.empty(0)
+
+    def cells(self) -> int:
+        return int(self.rows.size)
+
+    def select(self, columns: IntArray, size: IntArray) -> None:
+        """(Re)build the lists of ``columns`` with their ``size`` best newcomers: one pass
+        over the free rows in blocks. Per column a threshold (its ``size``-th best key so
+        far) rejects most cells of a block at once; the cells that reach it are gathered and,
+        when they pile up, cut back to each column's best."""
+        if columns.size == 0:
+            return
+        m = self.remaining.size
+        width = columns.size
+        threshold = np.full(width, -np.inf)
+        found_rows: list[IntArray] = []
+        found_cols: list[IntArray] = []
+        found_keys: list[FloatArray] = []
+        gathered = 0
+        usable_count = np.zeros(width, dtype=np.int_)
+        step = max(1, _BLOCK_CELLS // max(m, 1))
+        approx = getattr(self.scores, "rows_approx", None)
+        for start in range(0, self.free.size, step):
+            source = self.free[start : start + step]
+            usable = self.feasible[source][:, columns]
+            usable_count += usable.sum(axis=0)
+            if approx is not None:
+                # Candidates from float32 scores within the margin, then their exact keys.
+                rough, margin = approx(source)
+                row, col = np.nonzero(usable & (rough[:, columns] >= threshold - margin))
+                cells = self.scores.cells(source[row], columns[col])
+            else:
+                key = self.scores.rows(source)[:, columns]
+                row, col = np.nonzero(usable & (key >= threshold[None, :]))
+                cells = key[row, col]
+            _check_scores(cells)
+            bonus = self.incumbent[source[row]] == columns[col]
+            found_rows.append(row + start)
+            found_cols.append(col)
+            found_keys.append(cells + np.where(bonus, INCUMBENT_TOLERANCE, 0.0))
+            gathered += row.size
+            if gathered > 4 * int(size.sum()) + width:
+                rows, cols, keys = _best_per_column(found_rows, found_cols, found_keys, size)
+                found_rows, found_cols, found_keys = [rows], [cols], [keys]
+                gathered = rows.size
+                full = np.bincount(cols, minlength=width) >= size
+                lowest = np.full(width, np.inf)
+                np.minimum.at(lowest, cols, keys)
+                threshold = np.where(full, lowest, -np.inf)
+        rows, cols, keys = _best_per_column(found_rows, found_cols, found_keys, size)
+        stay = np.ones(m, dtype=bool)
+        stay[columns] = False
+        kept = stay[self.cols]
+        self.rows = np.concatenate([self.rows[kept], rows])
+        self.cols = np.concatenate([self.cols[kept], columns[cols]])
+        self.keys = np.concatenate([self.keys[kept], keys])
+        self.size[columns] = size
+        self.usable[columns] = usable_count
+
+    def solve(self) -> IntArray:
+        """Optimal assignment of the listed cells: mentor column per free row or -1. Slots
+        are the rows of the solver (there are fewer of them than newcomers), every listed
+        newcomer a column, plus as many shared "unassigned" columns as slots that cannot be
+        matched (Hopcroft-Karp), so the solver maximises the number of pairs first."""
+        chosen = np.full(self.free.size, -1, dtype=np.int_)
+        if self.cols.size == 0:
+            return chosen
+        mentors, local = np.unique(self.cols, return_inverse=True)
+        slots = np.minimum(self.remaining[mentors], np.bincount(local))
+        first = np.cumsum(slots) - slots
+        real = int(slots.sum())
+        newcomers, row_of = np.unique(self.rows, return_inverse=True)
+        cell_newcomers, cell_slots = _cells_to_slots(row_of, first[local], slots[local])
+        values = np.repeat(self.keys, slots[local])
+        links = csr_matrix(
+            (np.ones(cell_slots.size), (cell_slots, cell_newcomers)),
+            shape=(real, newcomers.size),
+        )
+        matchable = int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
+        dummies = real - matchable
+        dummy_slots = np.repeat(np.arange(real), dummies)
+        dummy_cols = np.tile(np.arange(newcomers.size, newcomers.size + dummies), real)
+        graph = csr_matrix(
+            (
+                np.concatenate([2.0 - values, np.full(dummy_slots.size, 2.0)]),
+                (np.concatenate([cell_slots, dummy_slots]),
+                 np.concatenate([cell_newcomers, dummy_cols])),
+            ),
+            shape=(real, newcomers.size + dummies),
+        )  # fmt: skip
+        got_slots, got_newcomers = min_weight_full_bipartite_matching(graph)
+        matched = got_newcomers < newcomers.size
+        slot_owner = np.repeat(mentors, slots)
+        chosen[newcomers[got_newcomers[matched]]] = slot_owner[got_slots[matched]]
+        return chosen
+
+    def uncertified(self, chosen: IntArray) -> IntArray:
+        """Columns that left some feasible newcomer out and list no unmatched newcomer."""
+        unmatched = (chosen < 0).astype(np.float64)
+        m = self.remaining.size
+        has_unmatched = np.bincount(self.cols, weights=unmatched[self.rows], minlength=m) > 0
+        listed = np.bincount(self.cols, minlength=m)
+        failing: IntArray = np.flatnonzero(
+            (self.remaining > 0) & ~has_unmatched & (listed < self.usable)
+        )
+        return failing
+
+
+def _best_per_column(
+    rows: list[IntArray], cols: list[IntArray], keys: list[FloatArray], size: IntArray
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Of the gathered cells, each column's ``size[col]`` best by key (ties by row)."""
+    row, col, key = np.concatenate(rows), np.concatenate(cols), np.concatenate(keys)
+    order = np.lexsort((row, -key, col))
+    row, col, key = row[order], col[order], key[order]
+    starts = np.searchsorted(col, np.arange(size.size))
+    rank = np.arange(col.size) - starts[col]
+    keep = rank < size[col]
+    return row[keep].astype(np.int_), col[keep].astype(np.int_), key[keep]
 
 
 def _check_shapes(

@@ -144,16 +144,24 @@ def plan_tandems(
     feasible = _feasibility(newcomers, mentors, column, rejected | forbidden)
     # Each newcomer's best feasible mentors are listed while scoring: the solver's first
     # candidates and the alternatives come from them, not from more passes over the matrix.
+    # In a crowded network (more newcomers than free places) most newcomers wait: the solver
+    # lists per mentor there, and only the planned newcomers need their lists, afterwards.
+    crowded = len(newcomers) > int(capacity.sum())
     scores = score_matrix(
-        newcomers, mentors, weights, today, graph, shortlist=SHORTLIST, feasible=feasible
-    )
+        newcomers, mentors, weights, today, graph, shortlist=0 if crowded else SHORTLIST,
+        feasible=feasible,
+    )  # fmt: skip
     # Infeasible incumbents (e.g. the pair was since forbidden) get no bonus in the solver.
     incumbent = np.array([column.get(pending.get(x.id, ""), -1) for x in newcomers], dtype=np.int_)
     pins, dropped = _pins(
         newcomers, active, column, capacity, feasible, pinned, rejected | forbidden, too_new
     )
     wish_pins = _wish_pins(newcomers, column, capacity, feasible, pins, incumbent, scores)
-    chosen = solve_assignment(scores, capacity, feasible, incumbent, wish_pins, scores.shortlist)
+    chosen = solve_assignment(
+        scores, capacity, feasible, incumbent, wish_pins, None if crowded else scores.shortlist
+    )
+    if crowded:
+        scores.list_best(np.flatnonzero(chosen >= 0), SHORTLIST, feasible)
     chosen = _prefer_closer(chosen, scores, capacity, incumbent, wish_pins)
 
     unmatched: dict[str, str] = {}

@@ -98,6 +98,24 @@ class ScoreMatrix:
             self._exact.write(index[start : start + step], block, scratch[: block.shape[0]])
         return out
 
+    @cached_property
+    def _fast(self) -> _WeightedTerms:
+        return _WeightedTerms.of(self.criteria, self.weights, np.float32)
+
+    def rows_approx(self, index: NDArray[np.int_]) -> tuple[NDArray[np.float32], float]:
+        """``rows`` in float32 (about twice as fast) and the margin: every value lies within
+        half of it of the exact total. For finding candidate cells that are then scored
+        exactly (``cells``)."""
+        index = np.asarray(index, dtype=np.int_)
+        m = self.criteria.m
+        out = np.empty((index.size, m), dtype=np.float32)
+        step = _rows_per_block(m, itemsize=4)
+        scratch = np.empty((min(step, index.size), m), dtype=np.float32)
+        for start in range(0, index.size, step):
+            block = out[start : start + step]
+            self._fast.write(index[start : start + step], block, scratch[: block.shape[0]])
+        return out, _FLOAT32_MARGIN
+
     def cells(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> Vector:
         """The totals of the cells ``(rows[k], cols[k])``: the weighted sum of their criteria,
         as ``breakdowns`` reports them."""
@@ -118,6 +136,27 @@ class ScoreMatrix:
         """Per-criterion scores of the cells ``(rows[k], cols[k])``, without full parts."""
         cells = _Cells(np.asarray(rows, dtype=np.int_), np.asarray(cols, dtype=np.int_))
         return {name: self.criteria.compute(name, cells, np.empty(cells.size)) for name in CRITERIA}
+
+    def list_best(
+        self, rows: NDArray[np.int_], k: int, feasible: NDArray[np.bool_] | None = None
+    ) -> None:
+        """Set ``shortlist`` (and ``shortlist_scores``) for ``rows`` alone, exactly: their
+        ``k`` best feasible columns, best first, ties by column; every other row lists none.
+        For a plan that needs the lists of its planned newcomers only (a crowded network,
+        where most newcomers wait): a pass over those rows instead of over all."""
+        n, m = self.shape
+        best = np.full((n, k), -1, dtype=np.int_)
+        values = np.full((n, k), np.nan)
+        rows = np.asarray(rows, dtype=np.int_)
+        step = _rows_per_block(m)
+        for start in range(0, rows.size if m else 0, step):
+            index = rows[start : start + step]
+            block = self.rows(index)
+            top = _best_columns(block, None if feasible is None else feasible[index], k)
+            best[index] = top
+            listed = np.take_along_axis(block, np.maximum(top, 0), axis=1)
+            values[index] = np.where(top >= 0, listed, np.nan)
+        self.shortlist, self.shortlist_scores = best, values
 
     def breakdown(self, row: int, column: int) -> dict[str, float]:
         """Per-criterion scores of one pair."""

@@ -85,10 +85,12 @@ def _lifespan(
         if matcher is not None:
             await matcher.start()
             if consume:
-                consumers["matcher"] = SupervisedConsumer(
+                supervised = consumers["matcher"] = SupervisedConsumer(
                     lambda: build_matcher_consumer(matcher), matcher.mark_consuming,
                     matcher.settings, name="matcher",
                 )  # fmt: skip
+                # The solver waits for a burst's records still to be ingested.
+                matcher.backlog = lambda: sum(consumer_lag(supervised.broker).values())
         tasks = [
             asyncio.create_task(consumer.run(), name=f"{name}-consumer")
             for name, consumer in consumers.items()

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Coalescing:
     """A change waits for a quiet moment of ``debounce`` seconds, but at most ``max_delay``
-    after the first change of its round; a solve that took longer than ``max_delay`` is followed
-    by a pause as long as it took, so under a long burst at least half of the time goes to
-    ingesting."""
+    after the first change of its round (``backlog_max_delay`` while records of the burst still
+    wait to be ingested); a solve that took longer than ``max_delay`` is followed by a pause as
+    long as it took, so under a long burst at least half of the time goes to ingesting."""
 
     debounce: float
     max_delay: float
+    #: While records wait to be ingested (a burst the consumer has not caught up with), the
+    #: solve waits for them too, but at most this long after the first change: a solve in the
+    #: middle of a burst plans newcomers whose plan the rest of the burst changes again.
+    backlog_max_delay: float = 0.0
 
     def quiet_wait(self, first_change: float, now: float) -> float:
         """How long to wait for further changes before solving (0: solve now)."""
@@ -30,3 +34,8 @@ class Coalescing:
         if last_took <= self.max_delay:
             return 0.0
         return max(0.0, last_ended + last_took - now)
+
+    def wait_for_backlog(self, first_change: float, now: float, backlog: int) -> bool:
+        """Whether to keep waiting because ``backlog`` records are still to be ingested (at
+        most ``backlog_max_delay`` after the first change of the round)."""
+        return backlog > 0 and now - first_change < self.backlog_max_delay

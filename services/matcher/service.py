@@ -79,6 +79,9 @@ class MatcherService:
         self.last_solve: SolveResult | None = None
         self.consuming = False
         self._solving = False
+        #: Records waiting to be ingested (the consumer's lag); the composition that runs a
+        #: consumer sets it. A solve waits for them within ``solve_backlog_max_delay_ms``.
+        self.backlog: Callable[[], int] = lambda: 0
 
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -241,11 +244,16 @@ class MatcherService:
         one starts: under a long burst at least half of the time then goes to ingesting, so a
         burst of any size becomes a few solves, each taking every change up to its start,
         however long a solve takes (the planning runs in a worker thread, so the consumer
-        keeps its group session meanwhile).
+        keeps its group session meanwhile). While the consumer is behind (records of a burst
+        still wait to be ingested), the solve waits for them, up to
+        ``solve_backlog_max_delay_ms`` after the first change: planning in the middle of a
+        burst is work the rest of the burst undoes.
         """
         loop = asyncio.get_running_loop()
         rule = Coalescing(
-            self.settings.solve_debounce_ms / 1000, self.settings.solve_max_delay_ms / 1000
+            self.settings.solve_debounce_ms / 1000,
+            self.settings.solve_max_delay_ms / 1000,
+            self.settings.solve_backlog_max_delay_ms / 1000,
         )
         backoff = 0.5
         ended, took = -math.inf, 0.0
@@ -262,6 +270,12 @@ class MatcherService:
                     await asyncio.wait_for(self._dirty.wait(), wait)
                 except TimeoutError:
                     break
+            # A burst the consumer has not caught up with: its records join this solve.
+            while rule.wait_for_backlog(first, loop.time(), self.backlog()):
+                self._solving = True  # waiting for its solve counts as pending
+                self._dirty.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), max(rule.debounce, 0.01))
             pause = rule.pause_before_solving(ended, took, loop.time())
             if pause > 0:  # a long solve: leave as much time to ingesting
                 self._solving = True  # waiting for its solve counts as pending

@@ -34,6 +34,13 @@ class MatcherSettings(CommonSettings):
     solve_max_delay_ms: int = Field(
         default=100, ge=0, le=60_000, description="Longest a change waits for its solve."
     )
+    solve_backlog_max_delay_ms: int = Field(
+        default=3_000,
+        ge=0,
+        le=60_000,
+        description="Longest a change waits for its solve while records of the same burst "
+        "still wait to be ingested (the consumer is behind): a burst becomes one solve.",
+    )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."
     )

@@ -70,3 +70,11 @@ def test_no_change_waits_longer_than_the_longest_delay(changes: list[float]) -> 
     # changes, and never two within one quiet moment.
     assert len(starts) <= len(changes)
     assert all(b - a >= RULE.debounce - 1e-9 for a, b in itertools.pairwise(starts))
+
+
+def test_a_burst_still_to_be_ingested_is_waited_for_within_its_longest_delay() -> None:
+    rule = Coalescing(debounce=0.010, max_delay=0.100, backlog_max_delay=3.0)
+    assert rule.wait_for_backlog(first_change=0.0, now=0.5, backlog=4_000)
+    assert not rule.wait_for_backlog(first_change=0.0, now=0.5, backlog=0)  # caught up
+    assert not rule.wait_for_backlog(first_change=0.0, now=3.0, backlog=4_000)  # waited enough
+    assert not RULE.wait_for_backlog(first_change=0.0, now=0.0, backlog=1)  # off by default

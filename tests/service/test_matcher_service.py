@@ -246,3 +246,27 @@ async def test_the_sql_running_rule_agrees_with_the_domain_s(matcher: MatcherApp
         if Tandem(newcomer, "ammerbuch", started, end).is_running(TODAY)
     }  # fmt: skip
     assert in_sql == in_domain and len(in_domain) == 5
+
+
+async def test_a_burst_still_to_be_ingested_becomes_one_solve(tmp_path: Path) -> None:
+    # While the consumer is behind (records wait), the solver waits for them past its usual
+    # longest delay: the changes ingested meanwhile join one solve, which follows as soon as
+    # the backlog is gone.
+    app = await bootstrap_matcher(
+        tmp_path, solve_debounce_ms=10, solve_max_delay_ms=50, solve_backlog_max_delay_ms=30_000
+    )
+    backlog = [0]
+    app.service.backlog = lambda: backlog[0]
+    await app.service.start()
+    try:
+        await eventually(lambda: _true(app.service.solves == 1), "the solve after the start")
+        backlog[0] = 1_000
+        await app.service.ingest([app.joined(m, j, **c) for m, j, c in NETWORK[:2]])
+        await asyncio.sleep(0.3)  # six times the longest delay without a backlog
+        assert app.service.solves == 1 and app.service.solve_pending()
+        await app.service.ingest([app.joined(m, j, **c) for m, j, c in NETWORK[2:]])
+        backlog[0] = 0
+        await eventually(lambda: _true(app.service.solves == 2), "the burst's solve")
+        assert app.service.last_solve is not None and app.service.last_solve.proposed == 1
+    finally:
+        await app.service.stop()

@@ -15,7 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, delete, insert, select, type_coerce, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Alternative, TandemProposed, Topics, make_event
@@ -72,41 +72,31 @@ async def take_lock(connection: AsyncConnection, holder: str) -> None:
 class _MemberCache:
     """The domain members of one database, kept between solves.
 
-    Each solve asks the database for every member's stamp (``updated_at``, ``revision``,
-    ``status``: a cheap query without the JSON columns) and reads the full rows of the members
-    whose stamp changed only, so a solve over 10,000 members does not decode 10,000 rows
-    again. Every write to a member sets its ``updated_at``; so what another matcher process
-    sharing the database wrote shows up as a changed stamp, and the cache never serves a stale
-    member. A cached member carries the stamp of the very row it was built from.
+    Every transaction that writes members takes the next number of the change counter and
+    stamps the rows it writes with it (``store.next_member_change``). A solve reads the
+    counter: unchanged, it reads no member at all; else only the rows stamped after the number
+    it saw last. Numbers become visible in the order they were taken (the counter row stays
+    locked until the writing transaction commits), so what another matcher process sharing the
+    database wrote is never missed. Members are never deleted (a departure is a status).
     """
 
     def __init__(self) -> None:
-        self.stamps: dict[str, tuple[Any, ...]] = {}
+        self.seq = -1
         self.members: dict[str, Member] = {}
 
     async def load(self, connection: AsyncConnection) -> list[Member]:
-        m = tables.members
-        stamp_columns = (type_coerce(m.c.updated_at, String), m.c.revision, m.c.status)
-        rows = (await connection.execute(select(m.c.id, *stamp_columns))).all()
-        current = {str(row[0]): tuple(row[1:]) for row in rows}
-        changed = [i for i, stamp in current.items() if self.stamps.get(i) != stamp]
-        if changed:
-            query = select(m, *(c.label(f"stamp_{k}") for k, c in enumerate(stamp_columns)))
-            if len(changed) > len(current) // 2:
-                found = [(await connection.execute(query)).mappings().all()]
-            else:
-                found = [
-                    (await connection.execute(query.where(m.c.id.in_(chunk)))).mappings().all()
-                    for chunk in (changed[k : k + 500] for k in range(0, len(changed), 500))
-                ]
-            for batch in found:
-                for row in batch:
-                    self.members[row["id"]] = domain_member(row)
-                    self.stamps[row["id"]] = tuple(row[f"stamp_{k}"] for k in range(3))
-        for gone in set(self.members) - set(current):
-            del self.members[gone]
-            self.stamps.pop(gone, None)
-        return [self.members[i] for i in current if i in self.members]
+        counter = tables.member_changes
+        seq = await connection.scalar(select(counter.c.seq).where(counter.c.name == "members"))
+        seq = -1 if seq is None else int(seq)
+        if seq < self.seq:  # the database was replaced: read it whole
+            self.seq, self.members = -1, {}
+        if seq != self.seq:
+            m = tables.members
+            rows = await connection.execute(select(m).where(m.c.change_seq > self.seq))
+            for row in rows.mappings():
+                self.members[row["id"]] = domain_member(row)
+            self.seq = seq
+        return list(self.members.values())
 
 
 #: One cache per database engine (dropped with the engine).

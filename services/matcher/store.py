@@ -71,6 +71,21 @@ _MEMBER_FIELDS = (
 )  # fmt: skip
 
 
+async def next_member_change(connection: AsyncConnection) -> int:
+    """The next member change number, taken in the caller's transaction (which then holds the
+    counter row until it commits: numbers become visible in the order they were taken)."""
+    counter = tables.member_changes
+    seq = await connection.scalar(
+        update(counter)
+        .where(counter.c.name == "members")
+        .values(seq=counter.c.seq + 1)
+        .returning(counter.c.seq)
+    )
+    if seq is None:
+        raise RuntimeError("the member change counter row is missing (run the migrations)")
+    return int(seq)
+
+
 async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMember]) -> bool:
     """Insert or update the read model's copies of ``members`` (in this order; the same member
     may come more than once), keeping the newest revision of each (events of different topics
@@ -121,11 +136,16 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
         else:
             updates[member.id] = {"b_id": member.id, "updated_at": now, **values}
         current[member.id] = values
+    if inserts or updates:
+        change = await next_member_change(connection)
     if inserts:
-        await connection.execute(insert(m), list(inserts.values()))
+        await connection.execute(
+            insert(m), [{**row, "change_seq": change} for row in inserts.values()]
+        )
     if updates:
         await connection.execute(
-            update(m).where(m.c.id == bindparam("b_id")), list(updates.values())
+            update(m).where(m.c.id == bindparam("b_id")),
+            [{**row, "change_seq": change} for row in updates.values()],
         )
     return bool(inserts or updates)
 
@@ -140,10 +160,11 @@ async def member_left(connection: AsyncConnection, member_id: str, reason: str) 
         return False
     now = utcnow()
     await connection.execute(insert(tables.departed).values(id=member_id, reason=reason, at=now))
+    change = await next_member_change(connection)
     await connection.execute(
         update(tables.members)
         .where(tables.members.c.id == member_id)
-        .values(status="left", seeks_tandem=False, updated_at=now)
+        .values(status="left", seeks_tandem=False, updated_at=now, change_seq=change)
     )
     p = tables.proposals
     await connection.execute(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Date,
     DateTime,
@@ -31,6 +32,18 @@ members = Table(
     Column("status", String(10), nullable=False),
     Column("revision", Integer, nullable=False, server_default="1"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The ``member_changes`` number of the transaction that last wrote the row: a solve reads
+    # only the rows changed since its last (``replan._MemberCache``).
+    Column("change_seq", BigInteger, nullable=False, server_default="0", index=True),
+)
+
+# One counter row ("members"): every transaction that writes members takes the next number
+# first (the row stays locked until it commits, so numbers become visible in order).
+member_changes = Table(
+    "matcher_member_changes",
+    metadata,
+    Column("name", String(20), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
 )
 
 # Members whose city.left arrived, kept apart so a late or replayed city.joined cannot bring

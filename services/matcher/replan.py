@@ -15,7 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Alternative, TandemProposed, Topics, make_event
@@ -295,6 +295,30 @@ async def record_outcome(connection: AsyncConnection, outcome: Outcome, now: dt.
     if outcome.proposals:
         await connection.execute(insert(tables.proposals), outcome.proposals)
         await connection.execute(insert(tables.outbox), outcome.events)
-    await connection.execute(delete(tables.waiting))
-    if outcome.waiting:
-        await connection.execute(insert(tables.waiting), outcome.waiting)
+    await _record_waiting(connection, outcome.waiting)
+
+
+async def _record_waiting(connection: AsyncConnection, waiting: list[dict[str, Any]]) -> None:
+    """Make the waiting list what the plan says, writing only the difference: after a burst
+    thousands wait, and most of them wait on for the same reason. A row's ``updated_at`` is
+    when its reason last changed."""
+    w = tables.waiting
+    current = {str(i): str(s) for i, s in (await connection.execute(
+        select(w.c.newcomer_id, w.c.status))).all()}  # fmt: skip
+    wanted = {row["newcomer_id"]: row for row in waiting}
+    gone = [i for i in current if i not in wanted]
+    for start in range(0, len(gone), 500):
+        await connection.execute(delete(w).where(w.c.newcomer_id.in_(gone[start : start + 500])))
+    fresh = [row for i, row in wanted.items() if i not in current]
+    if fresh:
+        await connection.execute(insert(w), fresh)
+    changed = [
+        {**row, "b_id": i}
+        for i, row in wanted.items()
+        if i in current and current[i] != row["status"]
+    ]
+    if changed:
+        await connection.execute(
+            update(w).where(w.c.newcomer_id == bindparam("b_id")),
+            [{k: v for k, v in row.items() if k != "newcomer_id"} for row in changed],
+        )

@@ -164,13 +164,7 @@ def plan_tandems(
         scores.list_best(np.flatnonzero(chosen >= 0), SHORTLIST, feasible)
     chosen = _prefer_closer(chosen, scores, capacity, incumbent, wish_pins)
 
-    unmatched: dict[str, str] = {}
-    years = np.sort([x.joined.year for x in active])
-    mentor_years = np.sort([x.joined.year for x in mentors])
-    for row in np.flatnonzero(chosen < 0).tolist():
-        unmatched[newcomers[row].id] = _unmatched_reason(
-            newcomers[row], years, mentor_years, feasible[row]
-        )
+    unmatched = _unmatched_reasons(newcomers, active, mentors, feasible, chosen)
     rows = np.flatnonzero(chosen >= 0)
     component = components_of(graph)
     context = PlanContext(
@@ -246,6 +240,37 @@ def _pins(
             pins[row[newcomer_id]] = column[mentor_id]
             load[column[mentor_id]] += 1
     return pins, dropped
+
+
+def _unmatched_reasons(
+    newcomers: Sequence[Member],
+    active: Sequence[Member],
+    mentors: Sequence[Member],
+    feasible: NDArray[np.bool_],
+    chosen: NDArray[np.int_],
+) -> dict[str, str]:
+    """Why each unmatched newcomer waits (as ``_unmatched_reason``, for all rows at once:
+    after a burst thousands wait)."""
+    rows = np.flatnonzero(chosen < 0)
+    if rows.size == 0:
+        return {}
+    year = np.fromiter((newcomers[i].joined.year for i in rows.tolist()), np.int_, rows.size)
+    earlier_active = np.fromiter((x.joined.year for x in active), np.int_, len(active)).min(
+        initial=np.iinfo(np.int_).max
+    )
+    earlier_mentor = np.fromiter((x.joined.year for x in mentors), np.int_, len(mentors)).min(
+        initial=np.iinfo(np.int_).max
+    )
+    reason = np.where(
+        earlier_active >= year,
+        0,
+        np.where(earlier_mentor >= year, 1, np.where(feasible[rows].any(axis=1), 3, 2)),
+    )
+    codes = (
+        Unmatched.NO_ELIGIBLE_MENTOR, Unmatched.NO_CAPACITY, Unmatched.ALL_REJECTED,
+        Unmatched.CAPACITY_TAKEN,
+    )  # fmt: skip
+    return {newcomers[i].id: codes[r] for i, r in zip(rows.tolist(), reason.tolist(), strict=True)}
 
 
 def _unmatched_reason(

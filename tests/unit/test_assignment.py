@@ -81,6 +81,16 @@ PATHS = {
         "_COLUMN_FIRST_EXTRA": 1,
         "_COLUMN_DENSE_SHARE": float("inf"),
     },
+    # The same, with the lists built by passes over whole rows (as the first lists of a
+    # large problem are).
+    "mentor lists, row passes": {
+        "_WHOLE_DENSE_CELLS": -1,
+        "_CROWDED_FACTOR": -1,
+        "_COLUMN_FIRST_PER_SLOT": 0,
+        "_COLUMN_FIRST_EXTRA": 1,
+        "_COLUMN_DENSE_SHARE": float("inf"),
+        "_COLUMN_CELLS": -1,
+    },
 }
 
 
@@ -341,6 +351,8 @@ def test_crowded_problems_solved_by_mentor_lists_reach_the_whole_optimum(seed: i
         whole = solve_assignment(*args)
     with patch.object(assignment, "_WHOLE_DENSE_CELLS", -1):
         listed = solve_assignment(*args)  # crowded: the mentor lists
+        with patch.object(assignment, "_COLUMN_CELLS", -1):
+            assert (solve_assignment(*args) == listed).all()  # built by passes over rows
     rows = np.flatnonzero(listed >= 0)
     assert feasible[rows, listed[rows]].all()
     assert (np.bincount(listed[rows], minlength=m) <= capacity).all()

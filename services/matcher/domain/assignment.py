@@ -78,9 +78,14 @@ _WHOLE_DENSE_CELLS = 1 << 14
 _SMALL_REDUCED_CELLS = 1 << 17
 #: Above this many dummy cells per listed cell the reduced problem is solved densely.
 _SPARSE_DUMMY_FACTOR = 4
-#: Crowded: more free newcomers than this many times the usable slots. Then the lists are
-#: kept per mentor (its best newcomers), not per newcomer (``_solve_crowded``).
-_CROWDED_FACTOR = 1.0
+#: Crowded (more free newcomers than usable slots): with more than this many times the slots,
+#: or more than ``_CROWDED_DENSE_CELLS`` cells, the lists are kept per mentor (its best
+#: newcomers, ``_solve_crowded``); otherwise the whole problem is solved dense.
+_CROWDED_FACTOR = 2.0
+_CROWDED_DENSE_CELLS = 1 << 22
+#: Mentor lists of up to this many cells (free newcomers x mentors) are built from their
+#: cells alone; more (the first lists of all mentors) by a pass over whole rows.
+_COLUMN_CELLS = 1 << 21
 #: A mentor's first list in a crowded problem: this many newcomers per free slot, plus
 #: ``_COLUMN_FIRST_EXTRA``; a list that fails its certificate grows by ``CANDIDATE_GROWTH``.
 _COLUMN_FIRST_PER_SLOT = 4
@@ -176,8 +181,14 @@ def solve_assignment(
     if free.size * slots <= _WHOLE_DENSE_CELLS:
         result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)
         return result
-    if free.size > _CROWDED_FACTOR * slots:
-        result[free] = _solve_crowded(scores, feasible, usable, incumbent, free)
+    if free.size > slots:
+        # Crowded. Mentor lists certify quickly when most newcomers must wait; near the
+        # balance most are matched, lists keep growing, and the whole problem is cheaper
+        # while its dense matrix is small.
+        if free.size > _CROWDED_FACTOR * slots or free.size * slots > _CROWDED_DENSE_CELLS:
+            result[free] = _solve_crowded(scores, feasible, usable, incumbent, free)
+        else:
+            result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)
         return result
     lists = _CandidateLists(scores, feasible, remaining, incumbent, free, shortlist)
     while True:
@@ -292,6 +303,10 @@ class _ColumnLists:
             return
         m = self.remaining.size
         width = columns.size
+        if self.free.size * width <= _COLUMN_CELLS:
+            # A few columns (lists that grow): score just their cells, not whole rows.
+            self._select_cells(columns, size)
+            return
         threshold = np.full(width, -np.inf)
         found_rows: list[IntArray] = []
         found_cols: list[IntArray] = []
@@ -327,15 +342,36 @@ class _ColumnLists:
                 lowest = np.full(width, np.inf)
                 np.minimum.at(lowest, cols, keys)
                 threshold = np.where(full, lowest, -np.inf)
-        rows, cols, keys = _best_per_column(found_rows, found_cols, found_keys, size)
-        stay = np.ones(m, dtype=bool)
+        self._replace(columns, size, _best_per_column(found_rows, found_cols, found_keys, size))
+        self.usable[columns] = usable_count
+
+    def _select_cells(self, columns: IntArray, size: IntArray) -> None:
+        """``select`` for few columns: every free row's cell in them, scored exactly."""
+        width = columns.size
+        rows = np.repeat(np.arange(self.free.size), width)
+        cols = np.tile(np.arange(width), self.free.size)
+        usable = self.feasible[self.free[rows], columns[cols]]
+        rows, cols = rows[usable], cols[usable]
+        keys = self.scores.cells(self.free[rows], columns[cols])
+        _check_scores(keys)
+        keys = keys + np.where(
+            self.incumbent[self.free[rows]] == columns[cols], INCUMBENT_TOLERANCE, 0.0
+        )
+        self._replace(columns, size, _best_per_column([rows], [cols], [keys], size))
+        self.usable[columns] = np.bincount(cols, minlength=width)
+
+    def _replace(
+        self, columns: IntArray, size: IntArray, best: tuple[IntArray, IntArray, FloatArray]
+    ) -> None:
+        """The lists of ``columns`` become ``best`` (rows, column positions, keys)."""
+        rows, cols, keys = best
+        stay = np.ones(self.remaining.size, dtype=bool)
         stay[columns] = False
         kept = stay[self.cols]
         self.rows = np.concatenate([self.rows[kept], rows])
         self.cols = np.concatenate([self.cols[kept], columns[cols]])
         self.keys = np.concatenate([self.keys[kept], keys])
         self.size[columns] = size
-        self.usable[columns] = usable_count
 
     def solve(self) -> IntArray:
         """Optimal assignment of the listed cells: mentor column per free row or -1. Slots

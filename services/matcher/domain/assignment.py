@@ -319,8 +319,9 @@ class _ColumnLists:
             source = self.free[start : start + step]
             usable = self.feasible[source][:, columns]
             usable_count += usable.sum(axis=0)
-            if approx is not None:
-                # Candidates from float32 scores within the margin, then their exact keys.
+            if approx is not None and np.isfinite(threshold).any():
+                # Candidates from float32 scores within the margin, then their exact keys
+                # (until the first thresholds are known, whole rows are cheaper exactly).
                 rough, margin = approx(source)
                 row, col = np.nonzero(usable & (rough[:, columns] >= threshold - margin))
                 cells = self.scores.cells(source[row], columns[col])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -33,6 +34,21 @@ ServiceName = Literal["registry", "matcher"]
 KEEP_ALIVE_SECONDS = 75
 #: How long a stop waits for requests still running before it cancels them.
 SHUTDOWN_GRACE_SECONDS = 10
+#: The cyclic garbage collector's first threshold (CPython's default is 700 allocations).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """Collect once and freeze what start-up built (modules, the apps, the gazetteer's tables,
+    settings): those objects live as long as the process, and without this every full
+    collection walks them again. Measured under 50 connections (wrk): the registry ran a full
+    collection about once a second, 230 ms each (median), which stalled every request in
+    flight and made the p99. A higher first threshold also runs the young collections less
+    often; they stay cheap, the objects of a request die young."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class _Server(uvicorn.Server):
@@ -116,6 +132,7 @@ class Node:
             await asyncio.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://{settings.host}:{port}"
+        settle_garbage_collector()
         if self.broker is not None:
             await self._republish_to_a_fresh_broker()
             self._supervising = asyncio.create_task(

@@ -146,6 +146,8 @@ def test_settling_the_garbage_collector_freezes_start_up_and_raises_the_young_th
     try:
         settle_garbage_collector()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == threshold
+        settle_garbage_collector(GC_YOUNG_THRESHOLD)
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
     finally:
         gc.unfreeze()

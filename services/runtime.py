@@ -44,7 +44,7 @@ def settle_garbage_collector(young_threshold: int | None = None) -> None:
     """Collect once and freeze what start-up built (modules, the apps, the services' clients
     and settings): those objects live as long as the process, and without this every full
     collection walks them again. Measured under 50 connections (wrk): the registry ran a full
-    collection about once a second, 230 ms each (median), which stalled every request in
+    collection every two seconds or so, 200 to 550 ms each, which stalled every request in
     flight and made the p99. ``young_threshold`` (CPython's default is 700 allocations) runs
     the young collections less often; they stay cheap, a request's objects die young."""
     gc.collect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -33,6 +34,24 @@ ServiceName = Literal["registry", "matcher"]
 KEEP_ALIVE_SECONDS = 75
 #: How long a stop waits for requests still running before it cancels them.
 SHUTDOWN_GRACE_SECONDS = 10
+#: The cyclic garbage collector's first threshold in the registry alone (CPython's default is
+#: 700 allocations). Two 5 s wrk runs at 50 connections: young and middle collections took
+#: 0.16 s instead of 0.72 s.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector(young_threshold: int | None = None) -> None:
+    """Collect once and freeze what start-up built (modules, the apps, the services' clients
+    and settings): those objects live as long as the process, and without this every full
+    collection walks them again. Measured under 50 connections (wrk): the registry ran a full
+    collection every two seconds or so, 200 to 550 ms each, which stalled every request in
+    flight and made the p99. ``young_threshold`` (CPython's default is 700 allocations) runs
+    the young collections less often; they stay cheap, a request's objects die young."""
+    gc.collect()
+    gc.freeze()
+    if young_threshold is not None:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young_threshold, middle, old)
 
 
 class _Server(uvicorn.Server):
@@ -116,6 +135,10 @@ class Node:
             await asyncio.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://{settings.host}:{port}"
+        # The registry alone (as docker-compose and the bench run it) also collects its young
+        # objects less often; a process with the matcher keeps CPython's default, whose peak
+        # memory during a burst has its own target.
+        settle_garbage_collector(None if "matcher" in self.services else GC_YOUNG_THRESHOLD)
         if self.broker is not None:
             await self._republish_to_a_fresh_broker()
             self._supervising = asyncio.create_task(

@@ -37,8 +37,9 @@ class Sizes:
     existing_members: int
     steady_joins: int
     steady_rate: float
-    requests: int
+    requests: int  # per registry run with httpx clients (without wrk)
     clients: int
+    load_seconds: float  # per registry run with wrk
     memory_members: int
     burst_budget_s: float
 
@@ -53,6 +54,7 @@ FULL = Sizes(
     steady_rate=50.0,
     requests=2_000,
     clients=50,
+    load_seconds=5.0,
     memory_members=10_000,
     burst_budget_s=150.0,
 )
@@ -66,6 +68,7 @@ QUICK = Sizes(
     steady_rate=50.0,
     requests=500,
     clients=50,
+    load_seconds=3.0,
     memory_members=2_000,
     burst_budget_s=60.0,
 )
@@ -80,6 +83,7 @@ TINY = Sizes(
     steady_rate=50.0,
     requests=60,
     clients=10,
+    load_seconds=1.0,
     memory_members=300,
     burst_budget_s=0.0,
 )
@@ -148,8 +152,10 @@ async def run_bench(
             sizes.burst_budget_s,
         )  # fmt: skip
     if "registry" in parts:
-        progress(f"registry: {sizes.requests:,} POST /api/members, {sizes.clients} clients")
-        results["registry"] = await registry.run(sizes.requests, sizes.clients, repeat)
+        progress(registry.describe_load(sizes.requests, sizes.clients, sizes.load_seconds))
+        results["registry"] = await registry.run(
+            sizes.requests, sizes.clients, repeat, sizes.load_seconds
+        )
     if "memory" in parts:
         progress(f"memory: matcher with {sizes.memory_members:,} members")
         results["memory"] = await memory.run(sizes.memory_members)

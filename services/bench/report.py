@@ -142,7 +142,7 @@ def table(results: dict[str, Any]) -> Table:
             key="pipeline latency p99 at 50 joins/s")  # fmt: skip
     if "registry" in results:
         g = results["registry"]
-        row(f"registry POST /api/members, {g['clients']} clients, {g['requests']:,} requests",
+        row(f"registry POST /api/members, {_load(g)}, {g['requests']:,} requests",
             f"{g['requests_per_s']:,.0f} req/s",
             f"bare FastAPI + SQLite {g['reference_requests_per_s']:,.0f} req/s",
             key="registry requests/s")  # fmt: skip
@@ -154,6 +154,11 @@ def table(results: dict[str, Any]) -> Table:
             "registry: 201 until the event is on the broker",
             f"p50 {fmt(g['event_delay_p50_ms'], 'ms')}, p99 {fmt(g['event_delay_p99_ms'], 'ms')}",
         )
+        failures = g["failures"] + g.get("reference_failures", 0)
+        if failures or g.get("missing_events"):
+            row("registry: answers other than 201 / events missing",
+                f"{g['failures']:,} / {g.get('missing_events', 0):,}",
+                f"bare stack {g.get('reference_failures', 0):,} not 201")  # fmt: skip
     if "memory" in results:
         m = results["memory"]
         row(f"matcher peak RSS, {m['members']:,} members ({m['newcomers']:,} newcomers)",
@@ -167,6 +172,13 @@ def table(results: dict[str, Any]) -> Table:
     out.caption = _caption(results)
     out.caption_justify = "left"
     return out
+
+
+def _load(registry: dict[str, Any]) -> str:
+    """Who made the registry's load: wrk's connections for a time, or httpx clients."""
+    if registry.get("load_generator") == "wrk":
+        return f"wrk {registry['clients']} connections {registry['seconds']:g} s"
+    return f"{registry['clients']} httpx clients"
 
 
 def _caption(results: dict[str, Any]) -> str:

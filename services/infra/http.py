@@ -173,13 +173,40 @@ def _check_tree(value: Any) -> None:
             stack.extend((child, [*loc, i]) for i, child in enumerate(item))
 
 
+def _plain(body: bytes) -> bool:
+    """Whether a body that parsed (with only finite numbers) surely holds neither U+0000, nor a
+    lone surrogate, nor nesting deeper than :data:`MAX_JSON_DEPTH`: both strings need a
+    ``\\u`` escape to get there (the parser refuses raw control characters, and UTF-8 has no
+    surrogates), nesting needs as many ``[`` or ``{``, and a body in UTF-16 or UTF-32 (which
+    Python's parser also reads) has zero bytes, so it is never plain."""
+    return (
+        b"\\u" not in body
+        and b"\x00" not in body
+        and body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH
+    )
+
+
 def strict_json(body: bytes) -> Any:
     """``body`` parsed as the API takes JSON. Raises :class:`json.JSONDecodeError` for what is
     not JSON or what strict JSON, the databases and the events cannot hold (a lone surrogate,
     ``NaN``, an infinite number), and :class:`RefusedInput` for nesting deeper than
     :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INTEGER_DIGITS` digits and U+0000."""
+    unusual: list[str] = []  # non-finite numbers the parser met
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            unusual.append(text)
+        return value
+
+    def constant(text: str) -> float:
+        unusual.append(text)
+        return float(text)
+
     try:
-        value = json.loads(body, parse_int=_bounded_int)
+        value = json.loads(
+            body, parse_int=_bounded_int, parse_float=number, parse_constant=constant
+        )
     except RecursionError:
         raise RefusedInput(
             ["body"], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep"
@@ -187,6 +214,8 @@ def strict_json(body: bytes) -> Any:
     except UnicodeDecodeError as error:
         text = body.decode("utf-8", "replace")
         raise json.JSONDecodeError(f"not UTF-8: {error.reason}", text, error.start) from None
+    if not unusual and _plain(body):
+        return value  # nothing below can find anything: no walk over the tree
     _check_tree(value)  # first: it bounds the depth the recursive check below meets
     if _unstorable(value):
         text = body.decode("utf-8", "replace")

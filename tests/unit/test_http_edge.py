@@ -70,6 +70,20 @@ def test_what_strict_json_cannot_hold_stays_a_decode_error() -> None:
             strict_json(body)
 
 
+def test_the_checks_also_hold_where_the_raw_bytes_do_not_show_them() -> None:
+    """A plain-looking body skips the walk over its tree only when the walk can find nothing:
+    an overflowing number without an exponent, U+0000 in UTF-16, and many shallow containers
+    are each judged as before."""
+    with pytest.raises(json.JSONDecodeError):
+        strict_json(b'{"a": 1' + b"0" * 400 + b".0}")
+    with pytest.raises(json.JSONDecodeError):
+        strict_json(b'{"a": -Infinity}')
+    nul_in_utf16 = '{"name": "A\\u0000B"}'.encode("utf-16")
+    assert _refusal(nul_in_utf16)["loc"] == ["body", "name"]
+    siblings = {"lists": [[1.5, [2]] for _ in range(40)]}
+    assert strict_json(json.dumps(siblings).encode()) == siblings
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**19), 10**19)
     | st.floats(allow_nan=False, allow_infinity=False)

@@ -133,7 +133,7 @@ class RawRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Consumed:
     """Where a consumed record came from and its raw bytes: what its dead letter needs."""
 
@@ -144,14 +144,14 @@ class Consumed:
     value: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivery(Consumed):
     """A record that decoded: its envelope, checked against its topic and message key."""
 
     envelope: Envelope[Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Poison(Consumed):
     """A record that did not decode; ``error`` says why (``str(error)`` is the reason)."""
 

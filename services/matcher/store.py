@@ -122,8 +122,11 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
         }
         known = current.get(member.id)
         if known is None:
-            inserts[member.id] = {"id": member.id, "updated_at": now, **values}
-        elif known["revision"] > member.revision or all(known[k] == v for k, v in values.items()):
+            # One dict per new member: its row, and what later copies in the batch compare to.
+            inserts[member.id] = current[member.id] = values
+            values["id"], values["updated_at"] = member.id, now
+            continue
+        if known["revision"] > member.revision or all(known[k] == v for k, v in values.items()):
             continue
         elif member.id in inserts:  # inserted earlier in this batch: insert the newer values
             inserts[member.id].update(values)

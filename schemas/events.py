@@ -236,6 +236,20 @@ def parse_event(topic: str, raw: bytes | str) -> Envelope[Any]:
     ``pydantic.ValidationError`` for malformed JSON or a schema violation.
     """
     spec = EVENTS[topic]
+    # Most records are valid: validate the whole envelope once. Only a record that fails, or
+    # is of another type or an unknown (or unstated) version, is read again the careful way
+    # below, so that it fails exactly as the header says.
+    try:
+        envelope = envelope_type(topic).model_validate_json(raw)
+    except Exception:  # read again below, which raises what applies
+        envelope = None
+    if (
+        envelope is not None
+        and envelope.type == topic
+        and envelope.version in spec.versions
+        and "version" in envelope.model_fields_set
+    ):
+        return envelope
     header = _Header.model_validate_json(raw)
     if header.type != topic:
         raise ValueError(f"envelope type {header.type!r} does not match topic {topic!r}")

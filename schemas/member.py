@@ -57,6 +57,8 @@ def region_of(state: str) -> Region:
 def _known_topics(values: list[str]) -> list[str]:
     """Slugs or German labels of the vocabulary, as slugs."""
     vocabulary = topic_vocabulary()
+    if vocabulary.issuperset(values):  # all slugs already (the usual case): each is its own
+        return list(dict.fromkeys(values))
     slugs = [topic_slug(v, vocabulary) for v in values]
     unknown = [v for v, s in zip(values, slugs, strict=True) if s is None]
     if unknown:

@@ -46,14 +46,26 @@ _SLUG_OF_LABEL: dict[str, str] = {label.casefold(): slug for slug, label in TOPI
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 
 
+#: The last vocabulary built and the ``TANDEM_EXTRA_TOPICS`` value it was built from: every
+#: validated topic list asks for the vocabulary, so it is built again only when the variable
+#: changed (an invalid value is never kept: it raises on every call).
+_last_vocabulary: tuple[str, frozenset[str]] = ("", frozenset(TOPICS))
+
+
 def topic_vocabulary() -> frozenset[str]:
     """The topics accepted now: the built-in ones plus ``TANDEM_EXTRA_TOPICS``."""
+    global _last_vocabulary
     extra = os.environ.get("TANDEM_EXTRA_TOPICS", "")
+    built_from, vocabulary = _last_vocabulary
+    if extra == built_from:
+        return vocabulary
     added = {t.strip() for t in extra.split(",") if t.strip()}
     bad = sorted(t for t in added if not _SLUG.match(t))
     if bad:
         raise ValueError(f"TANDEM_EXTRA_TOPICS holds invalid topic slugs: {', '.join(bad)}")
-    return frozenset(TOPICS) | frozenset(added)
+    vocabulary = frozenset(TOPICS) | frozenset(added)
+    _last_vocabulary = (extra, vocabulary)
+    return vocabulary
 
 
 def topic_slug(value: str, vocabulary: frozenset[str] | None = None) -> str | None:

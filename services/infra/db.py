@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import zlib
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
+
+
+def dumps_json(value: Any) -> str:
+    """``json.dumps(value)``, the text JSON columns store. A list of plain strings (topics,
+    wishes: four columns of every member row) is written directly, as ``json.dumps`` writes
+    it, without building an encoder per value."""
+    if type(value) is list and all(type(item) is str for item in value):
+        return "[" + ", ".join(map(encode_basestring_ascii, value)) + "]"
+    return json.dumps(value)
 
 
 def make_engine(url: str, *, one_connection: bool = False) -> AsyncEngine:
@@ -40,7 +51,9 @@ def make_engine(url: str, *, one_connection: bool = False) -> AsyncEngine:
             if one_connection and not memory
             else {}
         )
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, json_serializer=dumps_json, **pool
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -53,7 +66,9 @@ def make_engine(url: str, *, one_connection: bool = False) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=dumps_json
+    )
 
 
 #: SQLSTATE classes of a server that is away or busy for a moment: connection exceptions,

@@ -185,13 +185,12 @@ class MatcherService:
         changed = False
         dead = list(dead)
         async with self.engine.begin() as connection:
-            digested = [(d, payload_digest(d.envelope)) for d in events]
+            digested = [(d, str(d.envelope.id), payload_digest(d.envelope)) for d in events]
             seen = await store.recorded_digests(
-                connection, [(str(d.envelope.id), d.envelope.type, h) for d, h in digested]
+                connection, [(i, d.envelope.type, h) for d, i, h in digested]
             )
             upserts: list[PublicMember] = []
-            for delivery, digest in digested:
-                event_id = str(delivery.envelope.id)
+            for delivery, event_id, digest in digested:
                 if event_id in seen:
                     earlier = seen[event_id]
                     if earlier is not None and earlier != digest:

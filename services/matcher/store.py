@@ -44,15 +44,13 @@ async def recorded_digests(
     stored then (None for rows older than digests). Call it inside the transaction that applies
     the events, so both commit or neither does; a batch costs a few statements, not two per
     event."""
-    table = tables.processed_events
     first: dict[str, tuple[str, str | None]] = {}
     for event_id, topic, digest in events:
         first.setdefault(event_id, (topic, digest))
     ids = list(first)
     known: dict[str, str | None] = {}
     for chunk in _chunks(ids):
-        query = select(table.c.event_id, table.c.digest).where(table.c.event_id.in_(chunk))
-        rows = (await connection.execute(query)).all()
+        rows = (await connection.execute(_DIGESTS_OF, {"ids": chunk})).all()
         known.update({str(i): None if d is None else str(d) for i, d in rows})
     now = utcnow()
     fresh = [
@@ -61,7 +59,7 @@ async def recorded_digests(
         if i not in known
     ]
     if fresh:
-        await connection.execute(insert(table), fresh)
+        await connection.execute(_RECORD_PROCESSED, fresh)
     return known
 
 
@@ -86,23 +84,34 @@ async def next_member_change(connection: AsyncConnection) -> int:
     return int(seq)
 
 
+# The statements every ingested batch runs, built once (their ids bound as one expanding
+# parameter) rather than per call with a literal per id: SQLAlchemy then finds them in its
+# compiled cache without coercing hundreds of values into bound parameters first.
+_DIGESTS_OF = select(tables.processed_events.c.event_id, tables.processed_events.c.digest).where(
+    tables.processed_events.c.event_id.in_(bindparam("ids", expanding=True))
+)
+_RECORD_PROCESSED = insert(tables.processed_events)
+_DEPARTED_OF = select(tables.departed.c.id).where(
+    tables.departed.c.id.in_(bindparam("ids", expanding=True))
+)
+_MEMBERS_OF = select(tables.members.c.id, *(tables.members.c[k] for k in _MEMBER_FIELDS)).where(
+    tables.members.c.id.in_(bindparam("ids", expanding=True))
+)
+_INSERT_MEMBERS = insert(tables.members)
+_UPDATE_MEMBERS = update(tables.members).where(tables.members.c.id == bindparam("b_id"))
+
+
 async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMember]) -> bool:
     """Insert or update the read model's copies of ``members`` (in this order; the same member
     may come more than once), keeping the newest revision of each (events of different topics
     may arrive out of order); True if anything changed. Members that left stay ``left``.
     A batch costs a few statements: two reads, one insert, one update (each an executemany)."""
-    m = tables.members
     ids = list(dict.fromkeys(x.id for x in members))
     departed: set[str] = set()
     current: dict[str, dict[str, Any]] = {}
     for chunk in _chunks(ids):
-        departed.update(
-            (await connection.execute(select(tables.departed.c.id).where(
-                tables.departed.c.id.in_(chunk)))).scalars()
-        )  # fmt: skip
-        rows = await connection.execute(
-            select(m.c.id, *(m.c[k] for k in _MEMBER_FIELDS)).where(m.c.id.in_(chunk))
-        )
+        departed.update((await connection.execute(_DEPARTED_OF, {"ids": chunk})).scalars())
+        rows = await connection.execute(_MEMBERS_OF, {"ids": chunk})
         current.update({row["id"]: dict(row) for row in rows.mappings()})
     inserts: dict[str, dict[str, Any]] = {}
     updates: dict[str, dict[str, Any]] = {}
@@ -128,8 +137,11 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
         }
         known = current.get(member.id)
         if known is None:
-            inserts[member.id] = {"id": member.id, "updated_at": now, **values}
-        elif known["revision"] > member.revision or all(known[k] == v for k, v in values.items()):
+            # One dict per new member: its row, and what later copies in the batch compare to.
+            inserts[member.id] = current[member.id] = values
+            values["id"], values["updated_at"] = member.id, now
+            continue
+        if known["revision"] > member.revision or all(known[k] == v for k, v in values.items()):
             continue
         elif member.id in inserts:  # inserted earlier in this batch: insert the newer values
             inserts[member.id].update(values)
@@ -139,14 +151,13 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
     if inserts or updates:
         change = await next_member_change(connection)
     if inserts:
-        await connection.execute(
-            insert(m), [{**row, "change_seq": change} for row in inserts.values()]
-        )
+        for row in inserts.values():
+            row["change_seq"] = change
+        await connection.execute(_INSERT_MEMBERS, list(inserts.values()))
     if updates:
-        await connection.execute(
-            update(m).where(m.c.id == bindparam("b_id")),
-            [{**row, "change_seq": change} for row in updates.values()],
-        )
+        for row in updates.values():
+            row["change_seq"] = change
+        await connection.execute(_UPDATE_MEMBERS, list(updates.values()))
     return bool(inserts or updates)
 
 

@@ -105,6 +105,25 @@ def test_the_digest_tells_other_data_from_the_same_data_sent_again() -> None:
     assert payload_digest(decode_record("city.left", other, b"goch")) != payload_digest(first)
 
 
+def test_the_digest_stays_what_earlier_versions_stored() -> None:
+    """Digests are stored with the dedup rows: a redelivery after an upgrade must match."""
+    joined = envelope("city.joined", {
+        "id": "goeppingen", "name": "Göppingen", "kind": "city", "state": "DE-BW",
+        "population": 58040, "joined": "2024-01-01", "interests": ["Digitalisierung", "democracy"],
+        "strengths": ["networking"], "lat": 48.7, "lon": 9.65, "partners": [{"sector": "business"}],
+        "wishes": ["ulm"], "estimated": ["population"],
+    }, "6b1f3c2e-8a51-4f0e-9d7a-2a6f1b7c9e01")  # fmt: skip
+    left = envelope("city.left", {"id": "goch", "reason": "Ende"}, str(uuid.uuid4()))
+    digests = (
+        payload_digest(decode_record("city.joined", json.dumps(joined).encode(), b"goeppingen")),
+        payload_digest(decode_record("city.left", json.dumps(left).encode(), b"goch")),
+    )
+    assert digests == (
+        "0ec95fbf1283cbe966d62f7d65144374e1bf72f65006f23449bacc974e7f79bb",
+        "9542ee1ac78addf953fc06fd6a4a017cce477494b01a5ed8f8b04d543ed8e7da",
+    )
+
+
 json_values = st.recursive(
     st.none() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
@@ -125,6 +144,25 @@ def depth_of(value: Any) -> int:
 def test_nesting_depth_matches_the_parsed_depth(value: Any) -> None:
     assert nesting_depth(json.dumps(value).encode()) == depth_of(value)
     assert nesting_depth(json.dumps(value, ensure_ascii=False).encode()) == depth_of(value)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_nesting_one_beyond_the_bound_is_refused_and_the_bound_itself_is_not(extra: int) -> None:
+    levels = MAX_DEPTH - 1 + extra  # the envelope's own object is one level
+    reason = reason_of("city.left", b'{"data": ' + b"[" * levels + b"]" * levels + b"}", b"goch")
+    assert ("nests too deep" in reason) == bool(extra), reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.integers(min_value=0, max_value=MAX_DEPTH + 3))
+def test_records_within_and_beyond_the_depth_bound_are_told_apart(value: Any, wrap: int) -> None:
+    """Few brackets skip the scan: whatever the count, only a record nesting deeper than the
+    bound is refused for it."""
+    raw = b"[" * wrap + json.dumps(value).encode() + b"]" * wrap
+    depth = nesting_depth(raw)
+    with pytest.raises(PoisonRecord) as caught:
+        decode_record("city.left", raw, b"goch")
+    assert ("nests too deep" in str(caught.value)) == (depth > MAX_DEPTH)
 
 
 def test_max_depth_leaves_room_for_every_valid_envelope() -> None:

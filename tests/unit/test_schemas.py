@@ -70,6 +70,22 @@ def test_invalid_records_raise(raw: bytes | None, error: type[Exception]) -> Non
         parse_event(Topics.CITY_JOINED, raw)
 
 
+def test_an_envelope_must_state_its_version() -> None:
+    """The envelope model defaults the version for producers; a consumed record must say it."""
+    event = json.loads(make_event(Topics.CITY_JOINED, "registry", joined()).model_dump_json())
+    del event["version"]
+    with pytest.raises(ValidationError, match="version"):
+        parse_event(Topics.CITY_JOINED, json.dumps(event))
+
+
+def test_the_version_is_checked_before_the_data() -> None:
+    event = json.loads(make_event(Topics.CITY_JOINED, "registry", joined()).model_dump_json())
+    event["version"] = 2
+    event["data"]["population"] = "many"
+    with pytest.raises(UnknownVersion, match="version 2 is unknown"):
+        parse_event(Topics.CITY_JOINED, json.dumps(event))
+
+
 def test_topic_mismatch_is_refused() -> None:
     event = make_event(Topics.CITY_JOINED, "registry", joined())
     with pytest.raises(ValueError, match="does not match"):
@@ -84,6 +100,33 @@ def test_unknown_topics_are_refused_with_the_vocabulary() -> None:
 def test_operators_can_extend_the_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TANDEM_EXTRA_TOPICS", "knitting")
     assert joined(interests=["knitting"]).interests == ["knitting"]
+
+
+def test_the_vocabulary_follows_the_variable_as_it_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert joined(interests=["democracy"]).interests == ["democracy"]
+    monkeypatch.setenv("TANDEM_EXTRA_TOPICS", "knitting, local_history")
+    assert joined(interests=["knitting", "local_history"]).interests == [
+        "knitting", "local_history"
+    ]  # fmt: skip
+    monkeypatch.setenv("TANDEM_EXTRA_TOPICS", "local_history")
+    with pytest.raises(ValidationError, match="unknown topic"):
+        joined(interests=["knitting"])
+    monkeypatch.setenv("TANDEM_EXTRA_TOPICS", "Not A Slug")
+    for _ in range(2):  # refused every time, never remembered as valid
+        with pytest.raises(ValidationError, match="invalid topic slugs"):
+            joined(interests=["democracy"])
+    monkeypatch.delenv("TANDEM_EXTRA_TOPICS")
+    with pytest.raises(ValidationError, match="unknown topic"):
+        joined(interests=["local_history"])
+
+
+def test_labels_and_repeats_become_slugs_once() -> None:
+    assert joined(interests=["Digitalisierung", "democracy", "digitalisation"]).interests == [
+        "digitalisation", "democracy"
+    ]  # fmt: skip
+    assert joined(interests=["democracy", "democracy"]).interests == ["democracy"]
 
 
 def test_events_carry_no_contact() -> None:

@@ -82,6 +82,7 @@ class MatcherService:
         #: Records waiting to be ingested (the consumer's lag); the composition that runs a
         #: consumer sets it. A solve waits for them within ``solve_backlog_max_delay_ms``.
         self.backlog: Callable[[], int] = lambda: 0
+        self._ingesting = 0  # batches being applied (fetched, so no longer in the lag)
 
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -143,12 +144,15 @@ class MatcherService:
                 extra={"topic": delivery.topic, "offset": delivery.offset,
                        "error": str(delivery.error)[:200]},
             )  # fmt: skip
+        self._ingesting += 1  # the consumer's lag no longer counts these records
         try:
             changed, buried = await retry_transient(lambda: self._apply(valid, dead))
         except Exception as error:
             if not refused_by_database(error):
                 raise
             changed, buried = await self._apply_one_by_one(valid, dead)
+        finally:
+            self._ingesting -= 1
         if changed:
             self.request_solve()
         if buried:
@@ -270,7 +274,7 @@ class MatcherService:
                 except TimeoutError:
                     break
             # A burst the consumer has not caught up with: its records join this solve.
-            while rule.wait_for_backlog(first, loop.time(), self.backlog()):
+            while rule.wait_for_backlog(first, loop.time(), self.backlog() + self._ingesting):
                 self._solving = True  # waiting for its solve counts as pending
                 self._dirty.clear()
                 with contextlib.suppress(TimeoutError):

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Records since the last solve began from which a round counts as a burst (see
-#: ``wait_for_backlog``).
-BURST_RECORDS = 100
-
 
 @dataclass(frozen=True)
 class Coalescing:
@@ -39,15 +35,7 @@ class Coalescing:
             return 0.0
         return max(0.0, last_ended + last_took - now)
 
-    def wait_for_backlog(
-        self, first_change: float, now: float, backlog: int, records_in_round: int
-    ) -> bool:
+    def wait_for_backlog(self, first_change: float, now: float, backlog: int) -> bool:
         """Whether to keep waiting because ``backlog`` records are still to be ingested (at
-        most ``backlog_max_delay`` after the first change of the round). Only in a burst:
-        when at least ``BURST_RECORDS`` records came in since the last solve began; a steady
-        trickle (a record or two in flight at any time) is solved as it comes."""
-        return (
-            backlog > 0
-            and records_in_round >= BURST_RECORDS
-            and now - first_change < self.backlog_max_delay
-        )
+        most ``backlog_max_delay`` after the first change of the round)."""
+        return backlog > 0 and now - first_change < self.backlog_max_delay

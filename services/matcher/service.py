@@ -82,8 +82,7 @@ class MatcherService:
         #: Records waiting to be ingested (the consumer's lag); the composition that runs a
         #: consumer sets it. A solve waits for them within ``solve_backlog_max_delay_ms``.
         self.backlog: Callable[[], int] = lambda: 0
-        self._ingesting = 0  # records being applied (fetched, so no longer in the lag)
-        self._ingested = 0  # records handed to ``ingest`` so far
+        self._ingesting = 0  # batches being applied (fetched, so no longer in the lag)
 
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -145,8 +144,7 @@ class MatcherService:
                 extra={"topic": delivery.topic, "offset": delivery.offset,
                        "error": str(delivery.error)[:200]},
             )  # fmt: skip
-        self._ingesting += len(deliveries)  # the consumer's lag no longer counts them
-        self._ingested += len(deliveries)
+        self._ingesting += 1  # the consumer's lag no longer counts these records
         try:
             changed, buried = await retry_transient(lambda: self._apply(valid, dead))
         except Exception as error:
@@ -154,7 +152,7 @@ class MatcherService:
                 raise
             changed, buried = await self._apply_one_by_one(valid, dead)
         finally:
-            self._ingesting -= len(deliveries)
+            self._ingesting -= 1
         if changed:
             self.request_solve()
         if buried:
@@ -262,7 +260,6 @@ class MatcherService:
         )
         backoff = 0.5
         ended, took = -math.inf, 0.0
-        ingested_before = 0
         while True:
             await self._dirty.wait()
             first = loop.time()
@@ -277,10 +274,7 @@ class MatcherService:
                 except TimeoutError:
                     break
             # A burst the consumer has not caught up with: its records join this solve.
-            while rule.wait_for_backlog(
-                first, loop.time(), self.backlog() + self._ingesting,
-                self._ingested - ingested_before,  # records since the last solve began
-            ):  # fmt: skip
+            while rule.wait_for_backlog(first, loop.time(), self.backlog() + self._ingesting):
                 self._solving = True  # waiting for its solve counts as pending
                 self._dirty.clear()
                 with contextlib.suppress(TimeoutError):
@@ -291,7 +285,7 @@ class MatcherService:
                 await asyncio.sleep(pause)
             self._dirty.clear()
             self._solving = True
-            began, ingested_before = loop.time(), self._ingested
+            began = loop.time()
             failed = False
             try:
                 result = await self.solve_now()

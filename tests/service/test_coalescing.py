@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.matcher.coalescing import BURST_RECORDS, Coalescing
+from services.matcher.coalescing import Coalescing
 
 RULE = Coalescing(debounce=0.010, max_delay=0.100)
 
@@ -74,10 +74,7 @@ def test_no_change_waits_longer_than_the_longest_delay(changes: list[float]) -> 
 
 def test_a_burst_still_to_be_ingested_is_waited_for_within_its_longest_delay() -> None:
     rule = Coalescing(debounce=0.010, max_delay=0.100, backlog_max_delay=3.0)
-    burst = BURST_RECORDS
-    assert rule.wait_for_backlog(first_change=0.0, now=0.5, backlog=4_000, records_in_round=burst)
-    assert not rule.wait_for_backlog(0.0, 0.5, backlog=0, records_in_round=burst)  # caught up
-    assert not rule.wait_for_backlog(0.0, 3.0, backlog=4_000, records_in_round=burst)  # enough
-    # A steady trickle (a record in flight, a few per round) is solved as it comes.
-    assert not rule.wait_for_backlog(0.0, 0.05, backlog=1, records_in_round=3)
-    assert not RULE.wait_for_backlog(0.0, 0.0, backlog=1, records_in_round=burst)  # off by default
+    assert rule.wait_for_backlog(first_change=0.0, now=0.5, backlog=4_000)
+    assert not rule.wait_for_backlog(first_change=0.0, now=0.5, backlog=0)  # caught up
+    assert not rule.wait_for_backlog(first_change=0.0, now=3.0, backlog=4_000)  # waited enough
+    assert not RULE.wait_for_backlog(first_change=0.0, now=0.0, backlog=1)  # off by default

@@ -15,6 +15,7 @@ from services.matcher.domain.planning import (
     ALTERNATIVES,
     Plan,
     _unmatched_reason,
+    earliest_year,
 )
 from services.matcher.domain.proposing import (
     PlanContext,
@@ -126,12 +127,14 @@ class _Explaining(_Kept):
 
     def _unmatched_reason(self, row: _Row) -> str:
         if self._years is None:
-            members = self.inputs.member_list
-            active = np.sort(np.fromiter((x.joined.year for x in members if x.active), np.int_))
-            self._years = (active, np.sort(self.mentor_years))
-        active_years, mentor_years = self._years
-        feasible = np.array([bool(row.scores) or row.bound > -_INF])
-        return _unmatched_reason(row.member, active_years, mentor_years, feasible)
+            active = [x for x in self.inputs.member_list if x.active]
+            mentors = int(self.mentor_years.min()) if self.mentor_years.size else None
+            self._years = (earliest_year(active), mentors)
+        earliest_active, earliest_mentor = self._years
+        any_feasible = bool(row.scores) or row.bound > -_INF
+        return _unmatched_reason(
+            row.member.joined.year, earliest_active, earliest_mentor, any_feasible
+        )
 
     def result(self) -> Plan:
         proposals = [self.proposals[i] for i in sorted(self.proposals)]

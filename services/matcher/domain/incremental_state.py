@@ -133,7 +133,8 @@ class _Kept:
         self.touched_cols: set[str] = set()
         self.budget = UPDATE_BUDGET  # cells the augmenting paths may still scan
         self.crowded_share = CROWDED_SHARE
-        self._years: tuple[NDArray[np.int_], NDArray[np.int_]] | None = None
+        #: The earliest joining years of active members and of mentors (``_unmatched_reason``).
+        self._years: tuple[int | None, int | None] | None = None
         self._component: tuple[nx.Graph, dict[str, int]] | None = None
         self._mentor_component: tuple[list[Member], NDArray[np.int_]] | None = None
         #: Per column of ``mentor_list`` its free capacity, pins included (None: to compute).

@@ -249,41 +249,36 @@ def _unmatched_reasons(
     feasible: NDArray[np.bool_],
     chosen: NDArray[np.int_],
 ) -> dict[str, str]:
-    """Why each unmatched newcomer waits (as ``_unmatched_reason``, for all rows at once:
-    after a burst thousands wait)."""
-    rows = np.flatnonzero(chosen < 0)
-    if rows.size == 0:
-        return {}
-    year = np.fromiter((newcomers[i].joined.year for i in rows.tolist()), np.int_, rows.size)
-    earlier_active = np.fromiter((x.joined.year for x in active), np.int_, len(active)).min(
-        initial=np.iinfo(np.int_).max
-    )
-    earlier_mentor = np.fromiter((x.joined.year for x in mentors), np.int_, len(mentors)).min(
-        initial=np.iinfo(np.int_).max
-    )
-    reason = np.where(
-        earlier_active >= year,
-        0,
-        np.where(earlier_mentor >= year, 1, np.where(feasible[rows].any(axis=1), 3, 2)),
-    )
-    codes = (
-        Unmatched.NO_ELIGIBLE_MENTOR, Unmatched.NO_CAPACITY, Unmatched.ALL_REJECTED,
-        Unmatched.CAPACITY_TAKEN,
-    )  # fmt: skip
-    return {newcomers[i].id: codes[r] for i, r in zip(rows.tolist(), reason.tolist(), strict=True)}
+    """Why each unmatched newcomer waits (``_unmatched_reason``); what every row shares is
+    computed once (after a burst thousands wait)."""
+    waiting = np.flatnonzero(chosen < 0)
+    rows: list[int] = waiting.tolist()
+    earliest_active = earliest_year(active)
+    earliest_mentor = earliest_year(mentors)
+    any_feasible: list[bool] = np.any(feasible[waiting], axis=1).tolist()
+    return {
+        newcomers[i].id: _unmatched_reason(
+            newcomers[i].joined.year, earliest_active, earliest_mentor, eligible
+        )
+        for i, eligible in zip(rows, any_feasible, strict=True)
+    }
+
+
+def earliest_year(members: Sequence[Member]) -> int | None:
+    """The earliest joining year of ``members`` (None if there are none)."""
+    return min((x.joined.year for x in members), default=None)
 
 
 def _unmatched_reason(
-    newcomer: Member,
-    active_years: NDArray[np.int_],
-    mentor_years: NDArray[np.int_],
-    feasible_row: NDArray[np.bool_],
+    year: int, earliest_active: int | None, earliest_mentor: int | None, any_feasible: bool
 ) -> str:
-    if np.searchsorted(active_years, newcomer.joined.year) == 0:
+    """Why a newcomer of ``year`` waits: no active member joined earlier, none with capacity
+    did, those with capacity are all excluded, or they went to others in this round."""
+    if earliest_active is None or earliest_active >= year:
         return Unmatched.NO_ELIGIBLE_MENTOR
-    if np.searchsorted(mentor_years, newcomer.joined.year) == 0:
+    if earliest_mentor is None or earliest_mentor >= year:
         return Unmatched.NO_CAPACITY
-    if not feasible_row.any():
+    if not any_feasible:
         return Unmatched.ALL_REJECTED
     return Unmatched.CAPACITY_TAKEN
 

@@ -90,13 +90,7 @@ class ScoreMatrix:
         index = np.asarray(index, dtype=np.int_)
         if self._total is not None:
             return self._total[index]
-        out = np.empty((index.size, self.criteria.m))
-        step = _rows_per_block(self.criteria.m)
-        scratch = np.empty((min(step, index.size), self.criteria.m))
-        for start in range(0, index.size, step):
-            block = out[start : start + step]
-            self._exact.write(index[start : start + step], block, scratch[: block.shape[0]])
-        return out
+        return self._exact.rows(index)
 
     @cached_property
     def _fast(self) -> _WeightedTerms:
@@ -106,15 +100,7 @@ class ScoreMatrix:
         """``rows`` in float32 (about twice as fast) and the margin: every value lies within
         half of it of the exact total. For finding candidate cells that are then scored
         exactly (``cells``)."""
-        index = np.asarray(index, dtype=np.int_)
-        m = self.criteria.m
-        out = np.empty((index.size, m), dtype=np.float32)
-        step = _rows_per_block(m, itemsize=4)
-        scratch = np.empty((min(step, index.size), m), dtype=np.float32)
-        for start in range(0, index.size, step):
-            block = out[start : start + step]
-            self._fast.write(index[start : start + step], block, scratch[: block.shape[0]])
-        return out, _FLOAT32_MARGIN
+        return self._fast.rows(np.asarray(index, dtype=np.int_)), _FLOAT32_MARGIN
 
     def cells(self, rows: NDArray[np.int_], cols: NDArray[np.int_]) -> Vector:
         """The totals of the cells ``(rows[k], cols[k])``: the weighted sum of their criteria,
@@ -432,6 +418,17 @@ class _WeightedTerms:
                 each(rows, out)
 
         _in_threads(n, step, work, n * m)
+
+    def rows(self, index: NDArray[np.int_]) -> NDArray[Any]:
+        """The totals of the rows ``index`` (len(index) x m, in ``dtype``), block by block."""
+        m = self.criteria.m
+        out = np.empty((index.size, m), dtype=self.dtype)
+        step = _rows_per_block(m, itemsize=out.itemsize)
+        scratch = np.empty((min(step, index.size), m), dtype=self.dtype)
+        for start in range(0, index.size, step):
+            block = out[start : start + step]
+            self.write(index[start : start + step], block, scratch[: block.shape[0]])
+        return out
 
     def write(
         self,

@@ -389,23 +389,10 @@ class _ColumnLists:
         newcomers, row_of = np.unique(self.rows, return_inverse=True)
         cell_newcomers, cell_slots = _cells_to_slots(row_of, first[local], slots[local])
         values = np.repeat(self.keys, slots[local])
-        links = csr_matrix(
-            (np.ones(cell_slots.size), (cell_slots, cell_newcomers)),
-            shape=(real, newcomers.size),
+        dummies = real - _matchable(cell_slots, cell_newcomers, real, newcomers.size)
+        got_slots, got_newcomers = _sparse_assignment(
+            cell_slots, cell_newcomers, values, real, newcomers.size, dummies
         )
-        matchable = int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
-        dummies = real - matchable
-        dummy_slots = np.repeat(np.arange(real), dummies)
-        dummy_cols = np.tile(np.arange(newcomers.size, newcomers.size + dummies), real)
-        graph = csr_matrix(
-            (
-                np.concatenate([2.0 - values, np.full(dummy_slots.size, 2.0)]),
-                (np.concatenate([cell_slots, dummy_slots]),
-                 np.concatenate([cell_newcomers, dummy_cols])),
-            ),
-            shape=(real, newcomers.size + dummies),
-        )  # fmt: skip
-        got_slots, got_newcomers = min_weight_full_bipartite_matching(graph)
         matched = got_newcomers < newcomers.size
         slot_owner = np.repeat(mentors, slots)
         chosen[newcomers[got_newcomers[matched]]] = slot_owner[got_slots[matched]]
@@ -612,10 +599,7 @@ class _CandidateLists:
             # Maximum matching first (Hopcroft-Karp): giving the solver exactly as many
             # "unassigned" columns as rows that cannot all be matched forces every complete
             # assignment to match as many rows as possible, so the solver only weighs scores.
-            links = csr_matrix(
-                (np.ones(slot_rows.size), (slot_rows, slot_cols)), shape=(active.size, real)
-            )
-            matchable = int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
+            matchable = _matchable(slot_rows, slot_cols, active.size, real)
             got_rows, got_cols = _min_cost_assignment(
                 slot_rows, slot_cols, values, active.size, real, active.size - matchable
             )
@@ -676,6 +660,20 @@ def _min_cost_assignment(
         cost[rows, cols] = -keys
         got_rows, got_cols = linear_sum_assignment(cost)
         return got_rows.astype(np.int_), got_cols.astype(np.int_)
+    return _sparse_assignment(rows, cols, keys, n_rows, n_cols, dummies)
+
+
+def _matchable(rows: IntArray, cols: IntArray, n_rows: int, n_cols: int) -> int:
+    """How many rows a maximum matching of the cells matches (Hopcroft-Karp)."""
+    links = csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_rows, n_cols))
+    return int(np.count_nonzero(maximum_bipartite_matching(links) >= 0))
+
+
+def _sparse_assignment(
+    rows: IntArray, cols: IntArray, keys: FloatArray, n_rows: int, n_cols: int, dummies: int
+) -> tuple[IntArray, IntArray]:
+    """``_min_cost_assignment`` on the sparse Jonker-Volgenant solver: every row to a listed
+    column or one of ``dummies`` shared "unassigned" columns (cost ``2 - key`` or 2)."""
     dummy_rows = np.repeat(np.arange(n_rows), dummies)
     dummy_cols = np.tile(np.arange(n_cols, n_cols + dummies), n_rows)
     graph = csr_matrix(

@@ -10,9 +10,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer
 
-__all__ = ["eventually", "group_caught_up", "member_body", "read_topic"]
+__all__ = [
+    "NETWORK_MENTORS", "NETWORK_NEWCOMERS", "client", "eventually", "group_caught_up",
+    "member_body", "read_topic",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -108,3 +112,25 @@ async def group_caught_up(bootstrap: str, group: str, topics: tuple[str, ...]) -
         return True
     finally:
         await probe.stop()
+
+
+#: A small real-looking network for the tests that run whole nodes: mentors of earlier years,
+#: newcomers of 2024 that seek a tandem.
+NETWORK_MENTORS = [
+    member_body("ammerbuch", "2015-01-01", population=11_000),
+    member_body("lemgo", "2016-01-01", population=42_000, state="DE-NW", lat=52.03, lon=8.9),
+    member_body("speyer", "2017-01-01", population=50_000, state="DE-RP", lat=49.32, lon=8.43),
+    member_body("herford", "2018-01-01", population=66_000, state="DE-NW", lat=52.11, lon=8.67),
+]
+NETWORK_NEWCOMERS = [
+    member_body("goeppingen", "2024-03-01", population=58_000, seeks_tandem=True),
+    member_body("goch", "2024-03-01", population=34_000, state="DE-NW", lat=51.68, lon=6.16,
+                seeks_tandem=True),
+    member_body("ratzeburg", "2024-03-01", population=14_000, state="DE-SH", lat=53.7,
+                lon=10.76, seeks_tandem=True),
+]  # fmt: skip
+
+
+def client(url: str, token: str) -> httpx.AsyncClient:
+    """An HTTP client of a node with ``token``."""
+    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)

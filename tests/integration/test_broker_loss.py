@@ -25,27 +25,13 @@ from tests.conftest import (
     STAFF,
     TOKENS,
     eventually,
-    member_body,
     node_settings,
     read_topic,
 )
+from tests.helpers import NETWORK_MENTORS, NETWORK_NEWCOMERS, client
 
-MENTORS = [
-    member_body("ammerbuch", "2015-01-01", population=11_000),
-    member_body("lemgo", "2016-01-01", population=42_000, state="DE-NW", lat=52.03, lon=8.9),
-    member_body("speyer", "2017-01-01", population=50_000, state="DE-RP", lat=49.32, lon=8.43),
-]
-NEWCOMERS = [
-    member_body("goeppingen", "2024-03-01", population=58_000, seeks_tandem=True),
-    member_body("goch", "2024-03-01", population=34_000, state="DE-NW", lat=51.68, lon=6.16,
-                seeks_tandem=True),
-    member_body("ratzeburg", "2024-03-01", population=14_000, state="DE-SH", lat=53.7,
-                lon=10.76, seeks_tandem=True),
-]  # fmt: skip
-
-
-def client(url: str, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+MENTORS = NETWORK_MENTORS[:3]
+NEWCOMERS = NETWORK_NEWCOMERS
 
 
 async def register(platform: httpx.AsyncClient, bodies: list[dict[str, Any]]) -> None:

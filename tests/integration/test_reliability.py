@@ -26,25 +26,14 @@ from tests.conftest import (
     TOKENS,
     eventually,
     group_caught_up,
-    member_body,
     node_settings,
     read_topic,
 )
 from tests.e2e.conftest import tandem_command
+from tests.helpers import NETWORK_MENTORS, NETWORK_NEWCOMERS, client
 
-MENTORS = [
-    member_body("ammerbuch", "2015-01-01", population=11_000),
-    member_body("lemgo", "2016-01-01", population=42_000, state="DE-NW", lat=52.03, lon=8.9),
-    member_body("speyer", "2017-01-01", population=50_000, state="DE-RP", lat=49.32, lon=8.43),
-    member_body("herford", "2018-01-01", population=66_000, state="DE-NW", lat=52.11, lon=8.67),
-]
-NEWCOMERS = [
-    member_body("goeppingen", "2024-03-01", population=58_000, seeks_tandem=True),
-    member_body("goch", "2024-03-01", population=34_000, state="DE-NW", lat=51.68, lon=6.16,
-                seeks_tandem=True),
-    member_body("ratzeburg", "2024-03-01", population=14_000, state="DE-SH", lat=53.7,
-                lon=10.76, seeks_tandem=True),
-]  # fmt: skip
+MENTORS = NETWORK_MENTORS
+NEWCOMERS = NETWORK_NEWCOMERS
 MATCHER_TOPICS = ("city.joined", "city.updated", "city.left")
 
 
@@ -53,10 +42,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def client(url: str, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
 async def register(platform: httpx.AsyncClient, bodies: list[dict[str, Any]]) -> None:

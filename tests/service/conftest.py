@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from schemas.events import Topics
 from services.infra.auth import Principal, TokenBook
 from services.infra.db import migrate
-from services.infra.outbox import OutboxRecord
+from services.infra.outbox import OutboxRecord, OutboxRelay
 from services.infra.records import Delivery, Poison, decode_delivery
 from services.matcher import api as matcher_api
 from services.matcher import service as matcher_service
@@ -33,6 +33,8 @@ from services.matcher.settings import MatcherSettings
 from services.registry.service import MIGRATIONS, RegistryService
 from services.registry.settings import RegistrySettings
 from tests.helpers import member_body
+
+S = TypeVar("S", bound="_Relayed")
 
 
 class MemorySink:
@@ -71,12 +73,20 @@ def handed_over(record: ConsumerRecord) -> Delivery | Poison:
     return decode_delivery(record)
 
 
-@dataclass
-class RegistryApp:
-    """A registry service wired to SQLite and a :class:`MemorySink`; its relay does not run
-    by itself: :meth:`published` hands the outbox to the sink, deterministically."""
+class _Relayed(Protocol):
+    """A service with an outbox relay (the registry's and the matcher's)."""
 
-    service: RegistryService
+    @property
+    def relay(self) -> OutboxRelay: ...
+
+
+@dataclass
+class _ServiceApp(Generic[S]):
+    """A service wired to SQLite and a :class:`MemorySink`; its relay does not run by itself:
+    :meth:`published` hands the outbox to the sink, deterministically. :meth:`consumed` builds
+    what the consumer hands over, at the partition's next offset."""
+
+    service: S
     sink: MemorySink
     offsets: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -86,26 +96,31 @@ class RegistryApp:
             pass
         return self.sink
 
+    def consumed(
+        self, topic: str, data: Any, source: str, key: str | None, event_id: str | None = None
+    ) -> Delivery | Poison:
+        """A record of ``topic``: raw bytes as they are, else ``data`` in an envelope from
+        ``source``."""
+        value = data if isinstance(data, bytes) else json.dumps(
+            {"id": event_id or str(uuid.uuid4()), "type": topic, "version": 1,
+             "time": "2026-11-21T12:00:00Z", "source": source, "data": data}
+        ).encode()  # fmt: skip
+        record = ConsumerRecord(topic, value, key.encode() if key else None, 0, next(self.offsets))
+        return handed_over(record)
+
+
+@dataclass
+class RegistryApp(_ServiceApp[RegistryService]):
+    """The registry's service layer (see :class:`_ServiceApp`)."""
+
     def admitted(
         self, body: dict[str, Any] | bytes, *, event_id: str | None = None, key: str | None = None
     ) -> Delivery | Poison:
         """A ``member.admitted`` record for ``body`` (raw bytes are sent as they are), keyed
         by the member id, at the partition's next offset."""
-        if isinstance(body, bytes):
-            value = body
-        else:
-            value = json.dumps(
-                {"id": event_id or str(uuid.uuid4()), "type": Topics.MEMBER_ADMITTED,
-                 "version": 1, "time": "2026-11-21T12:00:00Z", "source": "platform",
-                 "data": body}
-            ).encode()  # fmt: skip
         if key is None and isinstance(body, dict):
             key = str(body["id"])
-        return handed_over(
-            ConsumerRecord(
-                Topics.MEMBER_ADMITTED, value, key.encode() if key else None, 0, next(self.offsets)
-            )
-        )
+        return self.consumed(Topics.MEMBER_ADMITTED, body, "platform", key, event_id)
 
 
 async def bootstrap_registry(data: Path) -> RegistryApp:
@@ -142,20 +157,10 @@ def public_member(member_id: str, joined: str, **changes: Any) -> dict[str, Any]
 
 
 @dataclass
-class MatcherApp:
-    """A matcher service wired to SQLite, a :class:`MemorySink` and the calendar ``TODAY``.
+class MatcherApp(_ServiceApp[MatcherService]):
+    """The matcher's service layer with the calendar ``TODAY`` (see :class:`_ServiceApp`).
     Nothing runs by itself unless a test calls ``service.start()``: solves are
     ``service.solve_now()``, publishing is :meth:`published`."""
-
-    service: MatcherService
-    sink: MemorySink
-    offsets: itertools.count[int] = field(default_factory=itertools.count)
-
-    async def published(self) -> MemorySink:
-        """Publish everything pending (as the relay would) and return the sink."""
-        while await self.service.relay.publish_pending():
-            pass
-        return self.sink
 
     def record(
         self, topic: str, data: dict[str, Any], *, event_id: str | None = None,
@@ -163,12 +168,8 @@ class MatcherApp:
     ) -> Delivery | Poison:  # fmt: skip
         """A record of ``topic`` with ``data`` in an envelope from the registry, keyed by the
         member id, at the partition's next offset."""
-        value = json.dumps(
-            {"id": event_id or str(uuid.uuid4()), "type": topic, "version": 1,
-             "time": "2026-11-21T12:00:00Z", "source": "registry", "data": data}
-        ).encode()  # fmt: skip
         member = key if key is not None else str(data["id"])
-        return handed_over(ConsumerRecord(topic, value, member.encode(), 0, next(self.offsets)))
+        return self.consumed(topic, data, "registry", member, event_id)
 
     def joined(self, member_id: str, joined: str, **changes: Any) -> Delivery | Poison:
         """A ``city.joined`` record of a valid member."""

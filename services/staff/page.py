@@ -23,6 +23,7 @@ from services.api_errors import StaffRoute
 from services.infra.auth import Principal
 from services.matcher import advice_desk
 from services.matcher.domain.advice import AdviceRequest
+from services.matcher.domain.explain import CRITERIA_DE, german_number
 from services.matcher.domain.lifecycle import ProposalStatus, rejection_reason
 from services.matcher.service import MatcherService
 from services.staff import geo, view
@@ -31,7 +32,7 @@ COOKIE = "tandem_staff"
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals.update(
-    criteria=view.CRITERIA_DE, number=view.german_number, topic_label=topic_label,
+    criteria=CRITERIA_DE, number=german_number, topic_label=topic_label,
     topics=TOPICS, outline=geo.outline_path(), map_width=geo.WIDTH, map_height=geo.HEIGHT,
 )  # fmt: skip
 # The route class refuses U+0000 in forms and answers the matcher's errors in German

@@ -11,18 +11,10 @@ from schemas.geo import great_circle_km
 from schemas.member import STATES
 from schemas.topics import topic_label
 from services.matcher import store, tables
+from services.matcher.domain.explain import REGION_LABELS_DE
 from services.matcher.domain.lifecycle import ProposalStatus
 from services.matcher.service import MatcherService
 from services.staff.geo import Point, project
-
-CRITERIA_DE = {
-    "topics": "Themen",
-    "population": "Größe",
-    "geography": "Nähe",
-    "experience": "Erfahrung",
-    "network": "Netzwerk",
-}
-REGIONS_DE = {"north": "Norden", "east": "Osten", "south": "Süden", "west": "Westen"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,8 @@ class MemberCard:
         lat, lon = row["lat"], row["lon"]
         return cls(
             id=row["id"], name=row["name"], population=row["population"],
-            state=STATES[row["state"]][0], region=REGIONS_DE.get(row["region"], row["region"]),
+            state=STATES[row["state"]][0],
+            region=REGION_LABELS_DE.get(row["region"], row["region"]),
             joined=str(row["joined"].year), interests=[topic_label(t) for t in row["interests"]],
             strengths=[topic_label(t) for t in row["strengths"]], status=row["status"],
             point=project(lon, lat) if lat is not None and lon is not None else None,
@@ -79,11 +72,6 @@ class Overview:
             return "Entfernung unbekannt"
         assert one.lon is not None and two.lon is not None
         return f"{great_circle_km(one.lat, one.lon, two.lat, two.lon):.0f} km"
-
-
-def german_number(value: int) -> str:
-    """58.040 style."""
-    return f"{value:,}".replace(",", ".")
 
 
 async def overview(matcher: MatcherService) -> Overview:

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import uuid
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -27,7 +28,7 @@ from services.matcher.domain.lifecycle import ProposalStatus
 from services.matcher.domain.model import Member, Tandem
 from services.matcher.domain.planning import Plan, reconcile, unmatched_message
 from services.matcher.domain.scoring import Weights
-from services.matcher.store import domain_member
+from services.matcher.store import MemberChange, domain_member
 from services.matcher.weights import adopted as adopted_weights
 
 PENDING, ACCEPTED, REJECTED, SUPERSEDED = (
@@ -98,6 +99,18 @@ class _MemberCache:
             self.seq = seq
         return list(self.members.values())
 
+    def take(self, changes: Sequence[MemberChange]) -> None:
+        """Members an ingest wrote and committed, in the order of their change numbers: taken
+        while each number follows the last one the cache holds (then the next solve reads no
+        member row); after a gap (a departure, another process's write) the next solve reads
+        from the database as before."""
+        for written in changes:
+            if written.change != self.seq + 1:
+                return
+            for member in written.members:
+                self.members[member.id] = member
+            self.seq = written.change
+
 
 #: One cache per database engine (dropped with the engine).
 _CACHES: weakref.WeakKeyDictionary[AsyncEngine, _MemberCache] = weakref.WeakKeyDictionary()
@@ -114,6 +127,14 @@ def planner_of(engine: AsyncEngine) -> IncrementalPlanner:
     if planner is None:
         planner = _PLANNERS[engine] = IncrementalPlanner()
     return planner
+
+
+def remember_members(engine: AsyncEngine, changes: Sequence[MemberChange]) -> None:
+    """Hand the member changes of a committed ingest to the engine's member cache (if a solve
+    made one), so that the next solve need not read them back."""
+    cache = _CACHES.get(engine)
+    if cache is not None:
+        cache.take(changes)
 
 
 async def _members_of(connection: AsyncConnection) -> list[Member]:

@@ -36,7 +36,7 @@ from services.matcher import store, tables
 from services.matcher.coalescing import Coalescing
 from services.matcher.decisions import Decision, choose_alternative, decide
 from services.matcher.domain.scoring import Weights
-from services.matcher.replan import SolveResult, ensure_lock_row, replan
+from services.matcher.replan import SolveResult, ensure_lock_row, remember_members, replan
 from services.matcher.settings import MatcherSettings
 from services.matcher.weights import in_force as weights_in_force
 
@@ -188,6 +188,7 @@ class MatcherService:
         read model changed and whether anything was dead-lettered."""
         changed = False
         dead = list(dead)
+        written: list[store.MemberChange] = []
         async with self.engine.begin() as connection:
             digested = [(d, str(d.envelope.id), payload_digest(d.envelope)) for d in events]
             seen = await store.recorded_digests(
@@ -210,13 +211,14 @@ class MatcherService:
                     upserts.append(data)
                 elif isinstance(data, CityLeft):
                     if upserts:
-                        changed |= await store.upsert_member(connection, upserts)
+                        changed |= await store.upsert_member(connection, upserts, written)
                         upserts = []
                     changed |= await store.member_left(connection, data.id, data.reason)
             if upserts:
-                changed |= await store.upsert_member(connection, upserts)
+                changed |= await store.upsert_member(connection, upserts, written)
             for letter in dead:
                 await enqueue_dead_letter(connection, tables.outbox, letter)
+        remember_members(self.engine, written)  # committed: the next solve need not read them
         return changed, bool(dead)
 
     # solving --------------------------------------------------------------------------------

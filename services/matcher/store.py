@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, func, insert, select, update
@@ -101,11 +102,25 @@ _INSERT_MEMBERS = insert(tables.members)
 _UPDATE_MEMBERS = update(tables.members).where(tables.members.c.id == bindparam("b_id"))
 
 
-async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMember]) -> bool:
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """What one upsert wrote: the member change number it took and the members as written."""
+
+    change: int
+    members: list[Member]
+
+
+async def upsert_member(
+    connection: AsyncConnection,
+    members: Sequence[PublicMember],
+    written: list[MemberChange] | None = None,
+) -> bool:
     """Insert or update the read model's copies of ``members`` (in this order; the same member
     may come more than once), keeping the newest revision of each (events of different topics
     may arrive out of order); True if anything changed. Members that left stay ``left``.
-    A batch costs a few statements: two reads, one insert, one update (each an executemany)."""
+    A batch costs a few statements: two reads, one insert, one update (each an executemany).
+    ``written`` (if given) gets the change as the domain sees it, for the solver's member cache
+    to take once the transaction committed (``replan.remember_members``)."""
     ids = list(dict.fromkeys(x.id for x in members))
     departed: set[str] = set()
     current: dict[str, dict[str, Any]] = {}
@@ -158,6 +173,11 @@ async def upsert_member(connection: AsyncConnection, members: Sequence[PublicMem
         for row in updates.values():
             row["change_seq"] = change
         await connection.execute(_UPDATE_MEMBERS, list(updates.values()))
+    if written is not None and (inserts or updates):
+        rows = {**inserts, **updates}
+        written.append(
+            MemberChange(change, [domain_member({**row, "id": i}) for i, row in rows.items()])
+        )
     return bool(inserts or updates)
 
 
@@ -192,7 +212,7 @@ async def member_left(connection: AsyncConnection, member_id: str, reason: str) 
     return True
 
 
-def domain_member(row: RowMapping) -> Member:
+def domain_member(row: RowMapping | dict[str, Any]) -> Member:
     """The domain's view of a read-model row."""
     return Member(
         id=row["id"],

@@ -174,9 +174,11 @@ async def upsert_member(
             row["change_seq"] = change
         await connection.execute(_UPDATE_MEMBERS, list(updates.values()))
     if written is not None and (inserts or updates):
-        rows = {**inserts, **updates}
+        written_rows = {**inserts, **updates}
         written.append(
-            MemberChange(change, [domain_member({**row, "id": i}) for i, row in rows.items()])
+            MemberChange(
+                change, [domain_member({**row, "id": i}) for i, row in written_rows.items()]
+            )
         )
     return bool(inserts or updates)
 

@@ -141,7 +141,7 @@ class OutboxRelay:
         table: Table,
         sink: RecordSink,
         *,
-        batch: int = 500,
+        batch: int = 2000,
         poll_seconds: float = 1.0,
         on_sent: Callable[[Sequence[OutboxRecord]], Awaitable[None] | None] | None = None,
         keep_sent: dt.timedelta = dt.timedelta(days=7),

@@ -98,7 +98,7 @@ class CommonSettings(BaseSettings):
         "makes `/ready` answer 503 with the reason (until it progresses) and is restarted. "
         "Unset: 30, or 10 on the embedded broker.",
     )
-    outbox_batch: int = Field(default=500, ge=1, description="Outbox rows published per round.")
+    outbox_batch: int = Field(default=2000, ge=1, description="Outbox rows published per round.")
     outbox_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the relay looks for unsent rows when idle."
     )

@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Alternative, TandemProposed, Topics, make_event
+from services.infra.db import insert_rows
 from services.infra.metrics import PLANS
 from services.infra.outbox import outbox_row, utcnow
 from services.matcher import tables
@@ -314,8 +315,8 @@ async def record_outcome(connection: AsyncConnection, outcome: Outcome, now: dt.
                     decision_reason="re-solve found a better assignment")
         )  # fmt: skip
     if outcome.proposals:
-        await connection.execute(insert(tables.proposals), outcome.proposals)
-        await connection.execute(insert(tables.outbox), outcome.events)
+        await insert_rows(connection, tables.proposals, outcome.proposals)
+        await insert_rows(connection, tables.outbox, outcome.events)
     await _record_waiting(connection, outcome.waiting)
 
 
@@ -332,7 +333,7 @@ async def _record_waiting(connection: AsyncConnection, waiting: list[dict[str, A
         await connection.execute(delete(w).where(w.c.newcomer_id.in_(gone[start : start + 500])))
     fresh = [row for i, row in wanted.items() if i not in current]
     if fresh:
-        await connection.execute(insert(w), fresh)
+        await insert_rows(connection, w, fresh)
     changed = [
         {**row, "b_id": i}
         for i, row in wanted.items()

@@ -12,6 +12,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.member import PublicMember
+from services.infra.db import insert_rows
 from services.infra.outbox import utcnow
 from services.matcher import tables
 from services.matcher.domain.lifecycle import DECIDED, ProposalAction, ProposalStatus, transition
@@ -60,7 +61,7 @@ async def recorded_digests(
         if i not in known
     ]
     if fresh:
-        await connection.execute(_RECORD_PROCESSED, fresh)
+        await insert_rows(connection, tables.processed_events, fresh)
     return known
 
 
@@ -91,14 +92,12 @@ async def next_member_change(connection: AsyncConnection) -> int:
 _DIGESTS_OF = select(tables.processed_events.c.event_id, tables.processed_events.c.digest).where(
     tables.processed_events.c.event_id.in_(bindparam("ids", expanding=True))
 )
-_RECORD_PROCESSED = insert(tables.processed_events)
 _DEPARTED_OF = select(tables.departed.c.id).where(
     tables.departed.c.id.in_(bindparam("ids", expanding=True))
 )
 _MEMBERS_OF = select(tables.members.c.id, *(tables.members.c[k] for k in _MEMBER_FIELDS)).where(
     tables.members.c.id.in_(bindparam("ids", expanding=True))
 )
-_INSERT_MEMBERS = insert(tables.members)
 _UPDATE_MEMBERS = update(tables.members).where(tables.members.c.id == bindparam("b_id"))
 
 
@@ -168,7 +167,7 @@ async def upsert_member(
     if inserts:
         for row in inserts.values():
             row["change_seq"] = change
-        await connection.execute(_INSERT_MEMBERS, list(inserts.values()))
+        await insert_rows(connection, tables.members, list(inserts.values()))
     if updates:
         for row in updates.values():
             row["change_seq"] = change

@@ -363,3 +363,31 @@ def test_crowded_problems_solved_by_mentor_lists_reach_the_whole_optimum(seed: i
         return matched, round(total + kept * INCUMBENT_TOLERANCE, 9)
 
     assert objective(listed) == objective(whole)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 4)), min_size=0, max_size=60),
+    st.lists(st.integers(0, 3), min_size=6, max_size=6),
+    st.integers(1, 4),
+)
+def test_each_column_keeps_its_best_cells_ties_by_row_as_the_scan_gathers_them(
+    cells: list[tuple[int, int]], sizes: list[int], blocks: int
+) -> None:
+    # Cells of rows 0, 1, 2, ... with keys on a coarse grid (ties everywhere), gathered as
+    # ``_scan`` does: in blocks of rows, cut back to each column's best after the first.
+    size = np.array(sizes, dtype=np.int_)
+    row = np.arange(len(cells), dtype=np.int_) // 3  # a few cells per row, rows ascending
+    col = np.array([c for c, _ in cells], dtype=np.int_)
+    key = np.array([k / 4 for _, k in cells], dtype=float)
+    cut = len(cells) // blocks
+    first = assignment._best_per_column([row[:cut]], [col[:cut]], [key[:cut]], size)
+    got = assignment._best_per_column(
+        [first[0], row[cut:]], [first[1], col[cut:]], [first[2], key[cut:]], size
+    )
+    order = np.lexsort((row, -key, col))  # the reference: column, key descending, row
+    want_rows, want_cols = row[order], col[order]
+    rank = np.array([np.count_nonzero(want_cols[:k] == c) for k, c in enumerate(want_cols)])
+    keep = rank < size[want_cols] if cells else np.zeros(0, dtype=bool)
+    assert got[0].tolist() == want_rows[keep].tolist()
+    assert got[1].tolist() == want_cols[keep].tolist()

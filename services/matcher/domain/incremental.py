@@ -258,6 +258,8 @@ class _State(_Explaining, _RowsAndColumns):
         too_new = {x.id for x in with_capacity if x.joined.year >= latest}
         capacity = np.array([capacity_of[x.id] for x in mentors], dtype=np.int_)
         column = {x.id: j for j, x in enumerate(mentors)}
+        if not inputs.pinned and state.crowded(len(newcomers), int(capacity.sum())):
+            raise _TooCostly()  # without pins the test below, before the feasibility matrix
         excluded = set(inputs.excluded)
         feasible = _feasibility(newcomers, mentors, column, excluded)
         pins, state.dropped = _pins(

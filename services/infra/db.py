@@ -27,8 +27,13 @@ def dumps_json(value: Any) -> str:
     """``json.dumps(value)``, the text JSON columns store. A list of plain strings (topics,
     wishes: four columns of every member row) is written directly, as ``json.dumps`` writes
     it, without building an encoder per value."""
-    if type(value) is list and all(type(item) is str for item in value):
-        return "[" + ", ".join(map(encode_basestring_ascii, value)) + "]"
+    if type(value) is list:
+        if not value:
+            return "[]"
+        try:  # strings only (the usual case); anything else raises TypeError here
+            return "[" + ", ".join(map(encode_basestring_ascii, value)) + "]"
+        except TypeError:
+            pass
     return json.dumps(value)
 
 

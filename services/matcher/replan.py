@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schemas.events import Alternative, TandemProposed, Topics, make_event
+from schemas.events import TandemProposed, Topics, make_event
 from services.infra.db import insert_rows
 from services.infra.metrics import PLANS
 from services.infra.outbox import outbox_row, utcnow
@@ -234,6 +234,13 @@ def plan_outcome(
     for change in changes.new:
         planned, supersedes = change.planned, change.supersedes
         proposal_id = uuid.uuid4()
+        # The alternatives as the row stores them and the event validates them (into
+        # ``Alternative`` models, without a dump back to dicts for the row).
+        alternatives = [
+            {"mentor_id": a.mentor_id, "score": a.score, "breakdown": dict(a.breakdown),
+             "why_not": a.why_not, "taken_by": a.taken_by}
+            for a in planned.alternatives
+        ]  # fmt: skip
         data = TandemProposed(
             proposal_id=proposal_id,
             newcomer_id=planned.newcomer_id,
@@ -241,16 +248,7 @@ def plan_outcome(
             score=planned.score,
             breakdown=dict(planned.breakdown),
             reasons=list(planned.reasons),
-            alternatives=[
-                Alternative(
-                    mentor_id=a.mentor_id,
-                    score=a.score,
-                    breakdown=dict(a.breakdown),
-                    why_not=a.why_not,
-                    taken_by=a.taken_by,
-                )
-                for a in planned.alternatives
-            ],
+            alternatives=alternatives,  # validated into ``Alternative`` models
             supersedes=uuid.UUID(supersedes) if supersedes else None,
         )
         proposals.append(
@@ -261,7 +259,7 @@ def plan_outcome(
                 "score": data.score,
                 "breakdown": data.breakdown,
                 "reasons": data.reasons,
-                "alternatives": [a.model_dump() for a in data.alternatives],
+                "alternatives": alternatives,
                 "supersedes": supersedes,
                 "status": PENDING,
                 "created_at": now,

@@ -15,7 +15,8 @@ class Coalescing:
     """A change waits for a quiet moment of ``debounce`` seconds, but at most ``max_delay``
     after the first change of its round (``backlog_max_delay`` while records of the burst still
     wait to be ingested); a solve that took longer than ``max_delay`` is followed by a pause as
-    long as it took, so under a long burst at least half of the time goes to ingesting."""
+    long as it took while records wait to be ingested, so under a long burst at least half of
+    the time goes to ingesting (with nothing left to ingest the pause would only delay)."""
 
     debounce: float
     max_delay: float
@@ -29,9 +30,12 @@ class Coalescing:
         remaining = self.max_delay - (now - first_change)
         return 0.0 if remaining <= 0 else min(self.debounce, remaining)
 
-    def pause_before_solving(self, last_ended: float, last_took: float, now: float) -> float:
-        """How long to leave to ingesting before the next solve starts (0: none)."""
-        if last_took <= self.max_delay:
+    def pause_before_solving(
+        self, last_ended: float, last_took: float, now: float, backlog: int
+    ) -> float:
+        """How long to leave to ingesting before the next solve starts (0: none), with
+        ``backlog`` records still to be ingested (asked again as it changes)."""
+        if last_took <= self.max_delay or backlog <= 0:
             return 0.0
         return max(0.0, last_ended + last_took - now)
 

@@ -281,10 +281,12 @@ class MatcherService:
                 self._dirty.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(rule.debounce, 0.01))
-            pause = rule.pause_before_solving(ended, took, loop.time())
-            if pause > 0:  # a long solve: leave as much time to ingesting
+            # After a long solve, leave as much time to ingesting, while there is any.
+            while pause := rule.pause_before_solving(
+                ended, took, loop.time(), self.backlog() + self._ingesting
+            ):
                 self._solving = True  # waiting for its solve counts as pending
-                await asyncio.sleep(pause)
+                await asyncio.sleep(min(pause, max(rule.debounce, 0.01)))
             self._dirty.clear()
             self._solving = True
             began = loop.time()

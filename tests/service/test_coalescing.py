@@ -15,14 +15,17 @@ from services.matcher.coalescing import Coalescing
 RULE = Coalescing(debounce=0.010, max_delay=0.100)
 
 
-def solves_for(changes: list[float], rule: Coalescing, solve_takes: float = 0.0) -> list[float]:
+def solves_for(
+    changes: list[float], rule: Coalescing, solve_takes: float = 0.0, backlog: int = 1
+) -> list[float]:
     """When solves start for changes arriving at ``changes`` (sorted seconds), driven as the
-    solve loop drives the rule: wait for a quiet moment, pause after a long solve, solve."""
+    solve loop drives the rule: wait for a quiet moment, pause after a long solve (while
+    ``backlog`` records wait to be ingested), solve."""
     starts: list[float] = []
     pending = sorted(changes)
     ended, took = float("-inf"), 0.0
     while pending:
-        first = now = pending.pop(0)
+        first = now = max(pending.pop(0), ended)  # the loop waits for changes between solves
         while True:
             wait = rule.quiet_wait(first, now)
             if wait <= 0:
@@ -32,7 +35,7 @@ def solves_for(changes: list[float], rule: Coalescing, solve_takes: float = 0.0)
                 continue
             now += wait
             break
-        now += rule.pause_before_solving(ended, took, now)
+        now += rule.pause_before_solving(ended, took, now, backlog)
         while pending and pending[0] <= now:  # changes during the pause join this solve
             pending.pop(0)
         starts.append(now)
@@ -55,9 +58,17 @@ def test_a_long_solve_is_followed_by_as_long_a_pause() -> None:
     # The first solve starts at 0.01 and takes 0.5 s: a change at 0.3 is solved only after a
     # pause as long as that solve, at 0.51 + 0.5.
     assert solves_for([0.0, 0.3], RULE, solve_takes=0.5) == pytest.approx([0.01, 1.01])
-    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.5, now=10.2) == pytest.approx(0.3)
-    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.05, now=10.0) == 0.0
-    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.5, now=11.0) == 0.0
+    pause = RULE.pause_before_solving
+    assert pause(last_ended=10.0, last_took=0.5, now=10.2, backlog=1) == pytest.approx(0.3)
+    assert pause(last_ended=10.0, last_took=0.05, now=10.0, backlog=1) == 0.0
+    assert pause(last_ended=10.0, last_took=0.5, now=11.0, backlog=1) == 0.0
+
+
+def test_with_nothing_left_to_ingest_a_long_solve_is_followed_by_no_pause() -> None:
+    # The consumer caught up during the long solve: the change at 0.3 is solved right after it
+    # (a quiet moment after its end), not after a pause that would leave time to nobody.
+    assert solves_for([0.0, 0.3], RULE, solve_takes=0.5, backlog=0) == pytest.approx([0.01, 0.52])
+    assert RULE.pause_before_solving(last_ended=10.0, last_took=0.5, now=10.2, backlog=0) == 0.0
 
 
 @given(st.lists(st.floats(min_value=0, max_value=2, allow_nan=False), min_size=1, max_size=60))

@@ -391,3 +391,28 @@ def test_each_column_keeps_its_best_cells_ties_by_row_as_the_scan_gathers_them(
     keep = rank < size[want_cols] if cells else np.zeros(0, dtype=bool)
     assert got[0].tolist() == want_rows[keep].tolist()
     assert got[1].tolist() == want_cols[keep].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 6).flatmap(
+        lambda rows: st.tuples(
+            st.lists(
+                st.lists(st.sampled_from([-np.inf, 0.0, 0.25, 0.5, 1.0]), min_size=3, max_size=3),
+                min_size=rows,
+                max_size=rows,
+            ),
+            st.lists(st.integers(0, 8), min_size=3, max_size=3),
+        )
+    )
+)
+def test_a_first_block_sets_each_column_s_threshold_to_its_size_th_best_key(
+    case: tuple[list[list[float]], list[int]],
+) -> None:
+    cells, sizes = case
+    keys = np.array(cells, dtype=float).reshape(len(cells), 3)
+    got = assignment._kth_best(keys, np.array(sizes, dtype=np.int_))
+    for j, size in enumerate(sizes):
+        finite = sorted((k for k in keys[:, j].tolist() if k > -np.inf), reverse=True)
+        want = finite[size - 1] if 1 <= size <= len(finite) else -np.inf
+        assert got[j] == want

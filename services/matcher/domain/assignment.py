@@ -344,6 +344,12 @@ class _ColumnLists:
                 cells = self.scores.cells(source[row], columns[col])
             else:
                 key = self.scores.rows(source)[:, columns]
+                if not np.isfinite(threshold).any():
+                    # The first block sets each column's threshold at once, to its size-th
+                    # best key there (where it has that many), rather than gathering all
+                    # its cells for a cut.
+                    threshold = _kth_best(np.where(usable, key, -np.inf), size)
+                    rough_threshold = None
                 row, col = np.nonzero(usable & (key >= threshold[None, :]))
                 cells = key[row, col]
             _check_scores(cells)
@@ -426,6 +432,19 @@ class _ColumnLists:
             (self.remaining > 0) & ~has_unmatched & (listed < self.usable)
         )
         return failing
+
+
+def _kth_best(keys: FloatArray, size: IntArray) -> FloatArray:
+    """Per column of ``keys`` its ``size``-th largest value (-inf where it has fewer finite
+    ones): a threshold that ``size`` of its cells reach. Keys without the incumbent bonus are
+    at most the keys with it, so the threshold never rises above what the cells reach."""
+    if keys.shape[0] == 0:
+        return np.full(keys.shape[1], -np.inf)
+    ranked = -np.sort(-keys, axis=0)
+    kth = np.clip(size - 1, 0, keys.shape[0] - 1)
+    found = ranked[kth, np.arange(keys.shape[1])]
+    enough = (size >= 1) & (size <= keys.shape[0]) & np.isfinite(found)
+    return np.where(enough, found, -np.inf)
 
 
 def _best_per_column(

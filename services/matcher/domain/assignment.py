@@ -176,7 +176,8 @@ def solve_assignment(
         return result
     # Only mentors some waiting newcomer may have count (newcomers of the same year have
     # capacity too, but nobody can pair with them yet).
-    usable = np.where(feasible[free].any(axis=0), remaining, 0)
+    waiting = feasible if free.size == n else feasible[free]  # no copy without pins
+    usable = np.where(waiting.any(axis=0), remaining, 0)
     slots = int(usable.sum())
     if free.size * slots <= _WHOLE_DENSE_CELLS:
         result[free] = _solve_by_slots(scores, feasible, usable, incumbent, free)

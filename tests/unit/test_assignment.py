@@ -416,3 +416,77 @@ def test_a_first_block_sets_each_column_s_threshold_to_its_size_th_best_key(
         finite = sorted((k for k in keys[:, j].tolist() if k > -np.inf), reverse=True)
         want = finite[size - 1] if 1 <= size <= len(finite) else -np.inf
         assert got[j] == want
+
+
+class RoughScores(assignment._Dense):
+    """A score source whose ``rows_approx`` errs by up to half its margin, every cell in the
+    direction ``noise`` draws (as the planner's float32 pass may, only far less)."""
+
+    def __init__(self, scores: NDArray[np.float64], margin: float, seed: int) -> None:
+        super().__init__(scores)
+        rng = np.random.default_rng(seed)
+        self.margin = margin
+        self.noise = rng.choice([-0.5, 0.0, 0.5], scores.shape) * margin
+
+    def rows_approx(self, index: Ints) -> tuple[NDArray[np.float32], float]:
+        return (self.scores[index] + self.noise[index]).astype(np.float32), self.margin
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("margin", [1e-4, 0.02])
+def test_mentor_lists_from_rough_scores_reach_the_whole_optimum(seed: int, margin: float) -> None:
+    # The crowded solve's pass reads rough scores (the planner's float32 ones) and scores
+    # exactly only the cells within reach: with the rough scores off by up to half the margin
+    # either way (0.02: cells a whole grid step apart swap places), the optimum is the same.
+    rng = np.random.default_rng(seed)
+    n, m = 400, 40
+    scores = np.round(rng.random((n, m)) ** 3, 2)  # many ties, most cells low
+    capacity = rng.integers(0, 3, m)
+    feasible = rng.random((n, m)) < 0.6
+    incumbent = np.where(rng.random(n) < 0.2, rng.integers(0, m, n), -1)
+    exact = (scores, capacity, feasible, incumbent, none(n))
+    with patch.object(assignment, "_WHOLE_DENSE_CELLS", 1 << 40):
+        whole = solve_assignment(*exact)
+    with (
+        patch.object(assignment, "_WHOLE_DENSE_CELLS", -1),
+        patch.object(assignment, "_COLUMN_CELLS", -1),
+    ):  # crowded, lists built by passes over rows
+        rough = solve_assignment(RoughScores(scores, margin, seed), *exact[1:])
+        assert (rough == solve_assignment(*exact)).all()  # the same lists as from exact rows
+
+    def objective(chosen: Ints) -> tuple[int, float]:
+        matched, total = value(scores, chosen)
+        kept = int(((chosen == incumbent) & (chosen >= 0)).sum())
+        return matched, round(total + kept * INCUMBENT_TOLERANCE, 9)
+
+    assert objective(rough) == objective(whole)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("margin", [1e-4, 0.02, 0.1])
+def test_a_pass_over_rough_scores_lists_the_exact_best_of_every_mentor(
+    seed: int, margin: float
+) -> None:
+    # Each mentor's list (its size best newcomers by exact key, ties by row) is the same from
+    # rough scores as from exact ones, however the rough ones err within half the margin; the
+    # blocks are small, so thresholds rise and cuts happen along the way.
+    rng = np.random.default_rng(seed)
+    n, m = 300, 12
+    scores = np.round(rng.random((n, m)), 2)
+    feasible = rng.random((n, m)) < 0.8
+    remaining = rng.integers(0, 3, m)
+    incumbent = np.where(rng.random(n) < 0.3, rng.integers(0, m, n), -1)
+    free = np.flatnonzero(rng.random(n) < 0.9)
+    columns = np.flatnonzero(remaining > 0)
+    size = remaining[columns] * 2 + 1
+
+    def lists(source: Any) -> tuple[list[int], list[int], list[float]]:
+        with (
+            patch.object(assignment, "_COLUMN_CELLS", -1),
+            patch.object(assignment, "_BLOCK_CELLS", 5 * m),
+        ):
+            listed = assignment._ColumnLists(source, feasible, remaining, incumbent, free)
+            listed.select(columns, size)
+        return listed.rows.tolist(), listed.cols.tolist(), listed.keys.tolist()
+
+    assert lists(RoughScores(scores, margin, seed)) == lists(assignment._Dense(scores))

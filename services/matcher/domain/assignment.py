@@ -314,62 +314,62 @@ class _ColumnLists:
     ) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
         """Of the free rows ``first`` to ``stop``, each column's ``size`` best cells (rows,
         column positions, keys) and its number of feasible rows: a pass in blocks of ``step``
-        rows. Per column a threshold (its ``size``-th best key so far) rejects most cells of
-        a block at once; the cells that reach it are gathered and, when they pile up, cut
-        back to each column's best."""
+        rows over rough scores (float32 where the scores offer them: ``rows_approx``, within
+        half a margin of the exact ones).
+
+        Per column a threshold, its ``size``-th best rough key so far, rejects most cells of a
+        block at once: a cell among the ``size`` best by exact key lies at most a margin
+        (plus the incumbent bonus) below the final threshold, which only rises. The first
+        block sets the thresholds; the cells that pass are gathered and, when they pile up,
+        cut back to those within reach of the raised thresholds. Only the cells left at the
+        end are scored exactly."""
         width = columns.size
         every = width == self.remaining.size  # all columns: no copies of their subset
+        approx = getattr(self.scores, "rows_approx", None)
         threshold = np.full(width, -np.inf)
-        rough_threshold: NDArray[np.float32] | None = None
+        slack = INCUMBENT_TOLERANCE
         found_rows: list[IntArray] = []
         found_cols: list[IntArray] = []
         found_keys: list[FloatArray] = []
         gathered = 0
+        cut_at = 4 * int(size.sum()) + width
         usable_count = np.zeros(width, dtype=np.int_)
-        approx = getattr(self.scores, "rows_approx", None)
         for start in range(first, stop, step):
             source = self.free[start : min(start + step, stop)]
             usable = self.feasible[source] if every else self.feasible[source][:, columns]
             usable_count += usable.sum(axis=0)
-            if approx is not None and np.isfinite(threshold).any():
-                # Candidates from float32 scores within the margin, then their exact keys
-                # (until the first thresholds are known, whole rows are cheaper exactly).
+            if approx is not None:
                 rough, margin = approx(source)
-                if rough_threshold is None:
-                    # In float32 like the rough scores (comparing them to float64 would
-                    # convert every block); rounding moves it by far less than the margin.
-                    rough_threshold = (threshold - margin).astype(np.float32)
-                near = rough >= rough_threshold if every else rough[:, columns] >= rough_threshold
-                np.logical_and(near, usable, out=near)
-                row, col = np.nonzero(near)
-                cells = self.scores.cells(source[row], columns[col])
+                slack = margin + INCUMBENT_TOLERANCE
             else:
-                key = self.scores.rows(source)[:, columns]
-                if not np.isfinite(threshold).any():
-                    # The first block sets each column's threshold at once, to its size-th
-                    # best key there (where it has that many), rather than gathering all
-                    # its cells for a cut.
-                    threshold = _kth_best(np.where(usable, key, -np.inf), size)
-                    rough_threshold = None
-                row, col = np.nonzero(usable & (key >= threshold[None, :]))
-                cells = key[row, col]
-            _check_scores(cells)
-            bonus = self.incumbent[source[row]] == columns[col]
+                rough = self.scores.rows(source)
+            block = rough if every else rough[:, columns]
+            if start == first:
+                threshold = _kth_best(np.where(usable, block, -np.inf), size)
+            # The limit in the block's precision, rounded down (never above what it admits).
+            limit = np.nextafter((threshold - slack).astype(block.dtype), -np.inf)
+            near = block >= limit
+            np.logical_and(near, usable, out=near)
+            row, col = np.nonzero(near)
             found_rows.append(row + start)
             found_cols.append(col)
-            found_keys.append(cells + np.where(bonus, INCUMBENT_TOLERANCE, 0.0))
+            found_keys.append(block[row, col].astype(np.float64))
             gathered += row.size
-            if gathered > 4 * int(size.sum()) + width:
-                rows, cols, keys = _best_per_column(found_rows, found_cols, found_keys, size)
+            if gathered > cut_at:
+                rows, cols, keys, threshold = _within_reach(
+                    found_rows, found_cols, found_keys, size, slack
+                )
                 found_rows, found_cols, found_keys = [rows], [cols], [keys]
                 gathered = rows.size
-                full = np.bincount(cols, minlength=width) >= size
-                lowest = np.full(width, np.inf)
-                np.minimum.at(lowest, cols, keys)
-                threshold = np.where(full, lowest, -np.inf)
-                rough_threshold = None
-        rows, cols, keys = _best_per_column(found_rows, found_cols, found_keys, size)
-        return rows, cols, keys, usable_count
+                cut_at = max(cut_at, 2 * gathered)  # many near-ties: cut less often
+        rows, cols, _, _ = _within_reach(found_rows, found_cols, found_keys, size, slack)
+        rows, cols = _in_row_order(rows, cols)
+        exact = self.scores.cells(self.free[rows], columns[cols])
+        _check_scores(exact)
+        bonus = self.incumbent[self.free[rows]] == columns[cols]
+        keys = exact + np.where(bonus, INCUMBENT_TOLERANCE, 0.0)
+        best_rows, best_cols, best_keys = _best_per_column([rows], [cols], [keys], size)
+        return best_rows, best_cols, best_keys, usable_count
 
     def _select_cells(self, columns: IntArray, size: IntArray) -> None:
         """``select`` for few columns: every free row's cell in them, scored exactly."""
@@ -435,6 +435,43 @@ class _ColumnLists:
         return failing
 
 
+def _within_reach(
+    rows: list[IntArray],
+    cols: list[IntArray],
+    keys: list[FloatArray],
+    size: IntArray,
+    slack: float,
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+    """Of gathered cells with rough keys, those within ``slack`` of their column's
+    ``size``-th best (all of a column that has fewer), and those thresholds."""
+    row, col, key = np.concatenate(rows), np.concatenate(cols), np.concatenate(keys)
+    order = _by_column_and_key(col, key)
+    row, col, key = row[order], col[order], key[order]
+    starts = np.searchsorted(col, np.arange(size.size))
+    counts = np.bincount(col, minlength=size.size)
+    enough = (size >= 1) & (counts >= size)
+    kth = np.where(enough, key[np.minimum(starts + size - 1, max(key.size - 1, 0))], -np.inf)
+    keep = key >= kth[col] - slack
+    return row[keep], col[keep], key[keep], kth
+
+
+def _in_row_order(rows: IntArray, cols: IntArray) -> tuple[IntArray, IntArray]:
+    """The cells sorted by row (stable), as ``_best_per_column`` needs them for ties."""
+    order = np.argsort(rows, kind="stable")
+    return rows[order], cols[order]
+
+
+def _by_column_and_key(col: IntArray, key: FloatArray) -> IntArray:
+    """The order of cells by column, then key from the best (stable: equal cells keep
+    their order). Two stable sorts, the second a radix sort of 16-bit columns where they
+    fit: 40 % faster than ``np.lexsort`` (which sorts both keys by merging)."""
+    if col.size == 0 or int(col.max()) <= np.iinfo(np.uint16).max:
+        by_key = np.argsort(-key, kind="stable")
+        ordered: IntArray = by_key[np.argsort(col[by_key].astype(np.uint16), kind="stable")]
+        return ordered
+    return np.lexsort((-key, col))
+
+
 def _kth_best(keys: FloatArray, size: IntArray) -> FloatArray:
     """Per column of ``keys`` its ``size``-th largest value (-inf where it has fewer finite
     ones): a threshold that ``size`` of its cells reach. Keys without the incumbent bonus are
@@ -459,13 +496,7 @@ def _best_per_column(
     after them): then a stable sort by column and key breaks ties by row, without sorting by
     row as well."""
     row, col, key = np.concatenate(rows), np.concatenate(cols), np.concatenate(keys)
-    if size.size <= np.iinfo(np.uint16).max:
-        # Two stable sorts, the second a radix sort of 16-bit columns: 40 % faster than
-        # ``np.lexsort`` (which sorts both keys by merging).
-        by_key = np.argsort(-key, kind="stable")
-        order = by_key[np.argsort(col[by_key].astype(np.uint16), kind="stable")]
-    else:
-        order = np.lexsort((-key, col))
+    order = _by_column_and_key(col, key)
     row, col, key = row[order], col[order], key[order]
     starts = np.searchsorted(col, np.arange(size.size))
     rank = np.arange(col.size) - starts[col]

@@ -336,6 +336,20 @@ def test_empty_instances() -> None:
     ).tolist() == [-1, -1]
 
 
+class RoughScores(assignment._Dense):
+    """A score source whose ``rows_approx`` errs by up to half its margin, every cell in the
+    direction ``noise`` draws (as the planner's float32 pass may, only far less)."""
+
+    def __init__(self, scores: NDArray[np.float64], margin: float, seed: int) -> None:
+        super().__init__(scores)
+        rng = np.random.default_rng(seed)
+        self.margin = margin
+        self.noise = rng.choice([-0.5, 0.0, 0.5], scores.shape) * margin
+
+    def rows_approx(self, index: Ints) -> tuple[NDArray[np.float32], float]:
+        return (self.scores[index] + self.noise[index]).astype(np.float32), self.margin
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_crowded_problems_solved_by_mentor_lists_reach_the_whole_optimum(seed: int) -> None:
     # Many more newcomers than places (a burst of joins), sizes where lists must grow: the
@@ -353,6 +367,9 @@ def test_crowded_problems_solved_by_mentor_lists_reach_the_whole_optimum(seed: i
         listed = solve_assignment(*args)  # crowded: the mentor lists
         with patch.object(assignment, "_COLUMN_CELLS", -1):
             assert (solve_assignment(*args) == listed).all()  # built by passes over rows
+            for margin in (1e-4, 0.02):  # over rough scores, as the planner's float32 ones
+                rough = RoughScores(scores, margin, seed)
+                assert (solve_assignment(rough, *args[1:]) == listed).all()
     rows = np.flatnonzero(listed >= 0)
     assert feasible[rows, listed[rows]].all()
     assert (np.bincount(listed[rows], minlength=m) <= capacity).all()
@@ -416,50 +433,6 @@ def test_a_first_block_sets_each_column_s_threshold_to_its_size_th_best_key(
         finite = sorted((k for k in keys[:, j].tolist() if k > -np.inf), reverse=True)
         want = finite[size - 1] if 1 <= size <= len(finite) else -np.inf
         assert got[j] == want
-
-
-class RoughScores(assignment._Dense):
-    """A score source whose ``rows_approx`` errs by up to half its margin, every cell in the
-    direction ``noise`` draws (as the planner's float32 pass may, only far less)."""
-
-    def __init__(self, scores: NDArray[np.float64], margin: float, seed: int) -> None:
-        super().__init__(scores)
-        rng = np.random.default_rng(seed)
-        self.margin = margin
-        self.noise = rng.choice([-0.5, 0.0, 0.5], scores.shape) * margin
-
-    def rows_approx(self, index: Ints) -> tuple[NDArray[np.float32], float]:
-        return (self.scores[index] + self.noise[index]).astype(np.float32), self.margin
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("margin", [1e-4, 0.02])
-def test_mentor_lists_from_rough_scores_reach_the_whole_optimum(seed: int, margin: float) -> None:
-    # The crowded solve's pass reads rough scores (the planner's float32 ones) and scores
-    # exactly only the cells within reach: with the rough scores off by up to half the margin
-    # either way (0.02: cells a whole grid step apart swap places), the optimum is the same.
-    rng = np.random.default_rng(seed)
-    n, m = 400, 40
-    scores = np.round(rng.random((n, m)) ** 3, 2)  # many ties, most cells low
-    capacity = rng.integers(0, 3, m)
-    feasible = rng.random((n, m)) < 0.6
-    incumbent = np.where(rng.random(n) < 0.2, rng.integers(0, m, n), -1)
-    exact = (scores, capacity, feasible, incumbent, none(n))
-    with patch.object(assignment, "_WHOLE_DENSE_CELLS", 1 << 40):
-        whole = solve_assignment(*exact)
-    with (
-        patch.object(assignment, "_WHOLE_DENSE_CELLS", -1),
-        patch.object(assignment, "_COLUMN_CELLS", -1),
-    ):  # crowded, lists built by passes over rows
-        rough = solve_assignment(RoughScores(scores, margin, seed), *exact[1:])
-        assert (rough == solve_assignment(*exact)).all()  # the same lists as from exact rows
-
-    def objective(chosen: Ints) -> tuple[int, float]:
-        matched, total = value(scores, chosen)
-        kept = int(((chosen == incumbent) & (chosen >= 0)).sum())
-        return matched, round(total + kept * INCUMBENT_TOLERANCE, 9)
-
-    assert objective(rough) == objective(whole)
 
 
 @pytest.mark.parametrize("seed", range(8))

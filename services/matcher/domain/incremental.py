@@ -193,6 +193,23 @@ class IncrementalPlanner:
                 self._state.verify()
 
 
+def _crowded(inputs: _Inputs, share: float) -> bool:
+    """Whether more newcomers wait than ``share`` of the free places of the mentors who could
+    take them: the test ``_State.build`` makes after its matrices, for inputs without pins
+    (where pins take none of the places), in two passes over the members."""
+    members, tandems = inputs.member_list, inputs.tandems
+    had_tandem = {t.newcomer_id for t in tandems}
+    years = [
+        x.joined.year for x in members if x.active and x.seeks_tandem and x.id not in had_tandem
+    ]
+    if not years:
+        return False
+    latest = max(years)
+    capacity = free_capacity(members, tandems, inputs.today)
+    places = sum(capacity[x.id] for x in members if x.active and x.joined.year < latest)
+    return len(years) > share * places
+
+
 def _wishes_waiting(inputs: _Inputs) -> bool:
     """Whether a waiting newcomer (see ``newcomers_of``) has wishes."""
     wishing = [x for x in inputs.member_list if x.wishes and x.active and x.seeks_tandem]
@@ -236,6 +253,8 @@ class _State(_Explaining, _RowsAndColumns):
     @staticmethod
     def build(inputs: _Inputs, crowded_share: float = CROWDED_SHARE) -> _State:
         """The state of a full plan of ``inputs``; ``_TooCostly`` where it does not pay."""
+        if not inputs.pinned and _crowded(inputs, crowded_share):
+            raise _TooCostly()  # known before any index, graph or matrix is built
         inputs.index()
         state = _State(inputs)
         state.crowded_share = crowded_share
@@ -258,8 +277,6 @@ class _State(_Explaining, _RowsAndColumns):
         too_new = {x.id for x in with_capacity if x.joined.year >= latest}
         capacity = np.array([capacity_of[x.id] for x in mentors], dtype=np.int_)
         column = {x.id: j for j, x in enumerate(mentors)}
-        if not inputs.pinned and state.crowded(len(newcomers), int(capacity.sum())):
-            raise _TooCostly()  # without pins the test below, before the feasibility matrix
         excluded = set(inputs.excluded)
         feasible = _feasibility(newcomers, mentors, column, excluded)
         pins, state.dropped = _pins(
@@ -318,6 +335,8 @@ class _State(_Explaining, _RowsAndColumns):
         if new.pinned != old.pinned:
             return False
         changed = self._changed_members(old, new)
+        if len(changed) > len(self.rows) + len(self.cols):
+            return False  # repairing would touch more than a new plan builds (a burst)
         tandems_changed = new.tandems != old.tandems
         accepted = self._accepts(old, new, changed, tandems_changed)
         if accepted is None:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Table, event, insert, text
+from sqlalchemy import Select, Table, Text, bindparam, event, func, insert, select, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -117,6 +117,15 @@ async def checkpoint_wal(engine: AsyncEngine) -> None:
         return
     if busy:
         log.warning("WAL checkpoint incomplete: a reader held an older snapshot")
+
+
+def json_values(name: str) -> Select[Any]:
+    """SQLite: the values of a JSON array bound as ``name``, as a subquery (``json_each``).
+    ``column.in_(json_values("ids"))`` takes any number of values as one bound parameter
+    (``{"ids": json.dumps(values)}``), where an expanding ``IN`` list costs SQLAlchemy a
+    parameter each."""
+    listed = func.json_each(bindparam(name, type_=Text)).table_valued("value")
+    return select(listed.c.value)
 
 
 @functools.lru_cache(maxsize=64)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import Envelope
+from services.infra.db import json_values
 from services.infra.metrics import DEAD_LETTERS, EVENTS_PUBLISHED, OUTBOX_PARKED
 from services.infra.settings import CommonSettings
 
@@ -292,16 +295,23 @@ class OutboxRelay:
             # Fault injection for the reliability tests: die like a killed process between the
             # broker's acknowledgement and marking the rows sent.
             os._exit(CRASH_EXIT_CODE)
+        seqs = [r.seq for r in records]
         async with self._engine.begin() as connection:
-            await connection.execute(
-                update(table)
-                .where(table.c.seq.in_([r.seq for r in records]))
-                .values(sent_at=utcnow())
-            )
-        for record in records:
-            EVENTS_PUBLISHED.labels(record.topic).inc()
-            if record.topic.endswith(".dlq"):
-                DEAD_LETTERS.labels(record.topic.removesuffix(".dlq")).inc()
+            if connection.dialect.name == "sqlite":  # one bound value for the whole round
+                await connection.execute(
+                    update(table)
+                    .where(table.c.seq.in_(json_values("seqs")))
+                    .values(sent_at=utcnow()),
+                    {"seqs": json.dumps(seqs)},
+                )
+            else:
+                await connection.execute(
+                    update(table).where(table.c.seq.in_(seqs)).values(sent_at=utcnow())
+                )
+        for topic, count in Counter(record.topic for record in records).items():
+            EVENTS_PUBLISHED.labels(topic).inc(count)
+            if topic.endswith(".dlq"):
+                DEAD_LETTERS.labels(topic.removesuffix(".dlq")).inc(count)
         if self._on_sent is not None:
             result = self._on_sent(records)
             if result is not None:

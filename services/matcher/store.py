@@ -12,7 +12,6 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Table,
-    Text,
     and_,
     bindparam,
     delete,
@@ -25,7 +24,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.member import PublicMember
-from services.infra.db import insert_rows
+from services.infra.db import insert_rows, json_values
 from services.infra.outbox import utcnow
 from services.matcher import tables
 from services.matcher.domain.lifecycle import DECIDED, ProposalAction, ProposalStatus, transition
@@ -108,8 +107,7 @@ class _ByIds:
 
     def __init__(self, key: Column[Any], *columns: Column[Any]) -> None:
         self.chunked = select(*columns).where(key.in_(bindparam("ids", expanding=True)))
-        listed = func.json_each(bindparam("ids_json", type_=Text)).table_valued("value")
-        self.whole = select(*columns).where(key.in_(select(listed.c.value)))
+        self.whole = select(*columns).where(key.in_(json_values("ids_json")))
 
     async def rows(self, connection: AsyncConnection, ids: Sequence[str]) -> list[RowMapping]:
         if not ids:

@@ -463,3 +463,13 @@ def test_a_pass_over_rough_scores_lists_the_exact_best_of_every_mentor(
         return listed.rows.tolist(), listed.cols.tolist(), listed.keys.tolist()
 
     assert lists(RoughScores(scores, margin, seed)) == lists(assignment._Dense(scores))
+
+
+def test_a_pass_that_gathered_no_cell_keeps_none_and_sets_no_threshold() -> None:
+    # Mentors none of the scanned newcomers may have: nothing within reach, no threshold.
+    empty = np.empty(0, dtype=np.int_)
+    rows, cols, keys, kth = assignment._within_reach(
+        [empty], [empty], [np.empty(0)], np.array([2, 3]), 1e-4
+    )
+    assert rows.size == cols.size == keys.size == 0
+    assert kth.tolist() == [-np.inf, -np.inf]

@@ -445,12 +445,14 @@ def _within_reach(
     """Of gathered cells with rough keys, those within ``slack`` of their column's
     ``size``-th best (all of a column that has fewer), and those thresholds."""
     row, col, key = np.concatenate(rows), np.concatenate(cols), np.concatenate(keys)
+    if key.size == 0:
+        return row, col, key, np.full(size.size, -np.inf)
     order = _by_column_and_key(col, key)
     row, col, key = row[order], col[order], key[order]
     starts = np.searchsorted(col, np.arange(size.size))
     counts = np.bincount(col, minlength=size.size)
     enough = (size >= 1) & (counts >= size)
-    kth = np.where(enough, key[np.minimum(starts + size - 1, max(key.size - 1, 0))], -np.inf)
+    kth = np.where(enough, key[np.minimum(starts + size - 1, key.size - 1)], -np.inf)
     keep = key >= kth[col] - slack
     return row[keep], col[keep], key[keep], kth
 

@@ -163,7 +163,7 @@ async def insert_rows(
         return
     dialect = connection.dialect
     plan = _driver_insert(table, tuple(rows[0]), dialect) if dialect.name == "sqlite" else None
-    if plan is None or len(rows) < 100:
+    if plan is None:
         await connection.execute(insert(table), rows)
         return
     columns: list[list[Any]] = []

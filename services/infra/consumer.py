@@ -28,7 +28,7 @@ def records_of(message: KafkaMessage) -> tuple[Any, ...]:
     """The aiokafka records behind a (batch) message (counted as consumed)."""
     raw = message.raw_message
     records = raw if isinstance(raw, tuple) else (raw,)
-    # Counted per topic, not per record: a batch of 500 is one increment of each topic's child.
+    # Counted per topic, not per record: a batch of thousands is one increment per topic.
     for topic, count in Counter(record.topic for record in records).items():
         EVENTS_CONSUMED.labels(topic).inc(count)
     return records

@@ -90,8 +90,7 @@ def _lifespan(
                     matcher.settings, name="matcher",
                 )  # fmt: skip
                 # The solver waits for a burst's records still to be ingested.
-                group = matcher.settings.matcher_group_id  # member events, not advice
-                matcher.backlog = lambda: consumer_lag(supervised.broker).get(group, 0)
+                matcher.intake.broker = lambda: supervised.broker
         tasks = [
             asyncio.create_task(consumer.run(), name=f"{name}-consumer")
             for name, consumer in consumers.items()

@@ -18,7 +18,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from services.infra.kafka import KAFKA_TOPICS, recreate_topics
 from services.infra.metrics import EVENTS_CONSUMED
-from services.infra.records import Delivery, Poison, decode_delivery
+from services.infra.records import Consumed, Delivery, Poison, decode_delivery
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -69,28 +69,99 @@ async def raw_decoder(message: Any) -> Any:
     return message.body
 
 
-def consumer_lag(broker: KafkaBroker) -> dict[str, int]:
-    """Records behind the partition ends per consumer group, as far as aiokafka knows them
-    (its fetch responses carry each partition's high watermark)."""
-    lag: dict[str, int] = {}
+def _partition_states(broker: KafkaBroker, keyed: bool = False) -> dict[str, list[Any]]:
+    """Per consumer group, the state of every partition assigned to the broker's consumers
+    (with ``keyed``, as ``((topic, partition), state)``), read from aiokafka's internals (no
+    entry where they are not as expected)."""
+    states: dict[str, list[Any]] = {}
     for subscriber in broker.subscribers:
         consumer = getattr(subscriber, "consumer", None)
         group = getattr(consumer, "_group_id", None)
         if consumer is None or group is None:
             continue
-        behind = 0
         try:
             assignment = consumer._subscription.subscription.assignment
-            for partition in consumer.assignment():
-                high = consumer.highwater(partition)
-                state = assignment.state_value(partition)
-                if high is not None and state is not None and state.has_valid_position:
-                    behind += max(0, high - state.position)
+            found = [
+                ((tp.topic, tp.partition), assignment.state_value(tp)) if keyed
+                else assignment.state_value(tp)
+                for tp in consumer.assignment()
+            ]  # fmt: skip
         except (AttributeError, KeyError, AssertionError):
-            # The position lives in aiokafka's internals; without them there is no lag figure.
+            # The positions live in aiokafka's internals; without them there is no figure.
             continue
-        lag[group] = lag.get(group, 0) + behind
-    return lag
+        states.setdefault(group, []).extend(found)
+    return states
+
+
+def consumer_lag(broker: KafkaBroker) -> dict[str, int]:
+    """Records behind the partition ends per consumer group, as far as aiokafka knows them
+    (its fetch responses carry each partition's high watermark)."""
+    return {
+        group: sum(
+            max(0, state.highwater - state.position)
+            for state in states
+            if state is not None and state.has_valid_position and state.highwater is not None
+        )
+        for group, states in _partition_states(broker).items()
+    }
+
+
+class Intake:
+    """How far a consumer group's handler has got, next to what aiokafka fetched: whether
+    records of a burst still wait before they reach the service.
+
+    aiokafka's lag (``consumer_lag``) counts from the records it handed out, but FastStream
+    holds a batch it took while it parses it, and a lag of zero only says the consumer received
+    what it last heard of (a producer sending faster than one fetch round keeps it at zero
+    between fetches while more records arrive). So this counts from the handler's own
+    position, noted as each batch reaches it, and tells when the broker confirmed that nothing
+    more waits: aiokafka sends a partition's next fetch only after its records were handed out
+    and keeps a response only for the current position, stamping the partition then
+    (``last_poll_timestamp``, milliseconds)."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.broker: Callable[[], KafkaBroker | None] = lambda: None
+        self._next: dict[tuple[str, int], int] = {}
+        self._noted_at = 0.0  # wall clock: the partition stamps are in wall-clock milliseconds
+
+    def note(self, records: Sequence[Consumed]) -> None:
+        """A batch reached the handler (in partition order, as consumed)."""
+        for record in records:
+            if record.partition is not None and record.offset is not None:
+                self._next[(record.topic, record.partition)] = record.offset + 1
+        self._noted_at = time.time()
+
+    def _states(self) -> list[tuple[tuple[str, int], Any]]:
+        broker = self.broker()
+        return [] if broker is None else _partition_states(broker, keyed=True).get(self.group, [])
+
+    def _waiting(self, key: tuple[str, int], state: Any) -> int:
+        """Records of one partition fetched or known on the broker, not yet at the handler."""
+        position = int(state.position)
+        end = position if state.highwater is None else max(int(state.highwater), position)
+        return max(0, end - self._next.get(key, position))
+
+    def behind(self) -> int:
+        """Records fetched or known on the broker that the handler has not received yet."""
+        return sum(
+            self._waiting(key, state)
+            for key, state in self._states()
+            if state is not None and state.has_valid_position
+        )
+
+    def unconfirmed(self) -> bool:
+        """Whether, for some partition, the broker has not yet answered since the last batch
+        reached the handler that nothing more waits there (False without aiokafka's figures)."""
+        after_ms = int(self._noted_at * 1000)
+        for key, state in self._states():
+            if state is None or not state.has_valid_position:
+                return True
+            if state.timestamp is None or state.timestamp <= after_ms:
+                return True
+            if self._waiting(key, state):
+                return True
+        return False
 
 
 def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:

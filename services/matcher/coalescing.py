@@ -24,6 +24,13 @@ class Coalescing:
     #: solve waits for them too, but at most this long after the first change: a solve in the
     #: middle of a burst plans newcomers whose plan the rest of the burst changes again.
     backlog_max_delay: float = 0.0
+    #: A round of at least this many records is a burst: besides the records the consumer knows
+    #: to wait, it waits until the consumer heard from the broker that nothing more arrived
+    #: (also within ``backlog_max_delay``): a producer faster than one fetch round leaves the
+    #: consumer's lag at zero between fetches. A smaller round (joins one by one) is solved
+    #: after its quiet moment: at a steady rate most fetches bring a record, and waiting for one
+    #: that brings none would hold every join back.
+    burst_records: int = 100
 
     def quiet_wait(self, first_change: float, now: float) -> float:
         """How long to wait for further changes before solving (0: solve now)."""
@@ -39,7 +46,14 @@ class Coalescing:
             return 0.0
         return max(0.0, last_ended + last_took - now)
 
-    def wait_for_backlog(self, first_change: float, now: float, backlog: int) -> bool:
-        """Whether to keep waiting because ``backlog`` records are still to be ingested (at
-        most ``backlog_max_delay`` after the first change of the round)."""
-        return backlog > 0 and now - first_change < self.backlog_max_delay
+    def wait_for_backlog(
+        self, first_change: float, now: float, backlog: int, records: int = 0,
+        unconfirmed: bool = False,
+    ) -> bool:  # fmt: skip
+        """Whether to keep waiting because ``backlog`` records are still to be ingested, or
+        because the round's ``records`` make it a burst whose end is ``unconfirmed`` (the
+        consumer has not yet heard that nothing more waits); at most ``backlog_max_delay``
+        after the first change of the round."""
+        if now - first_change >= self.backlog_max_delay:
+            return False
+        return backlog > 0 or (unconfirmed and records >= self.burst_records)

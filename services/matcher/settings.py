@@ -39,7 +39,16 @@ class MatcherSettings(CommonSettings):
         ge=0,
         le=60_000,
         description="Longest a change waits for its solve while records of the same burst "
-        "still wait to be ingested (the consumer is behind): a burst becomes one solve.",
+        "still wait to be ingested (the consumer is behind, or has not yet heard from the "
+        "broker that a burst ended): a burst becomes one solve.",
+    )
+    solve_burst_records: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Records since the last solve that make a burst: its solve also waits "
+        "until the broker answered that nothing more arrived (within the backlog delay). "
+        "Fewer (joins one by one) are solved after the quiet time.",
     )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."

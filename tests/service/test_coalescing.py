@@ -89,3 +89,17 @@ def test_a_burst_still_to_be_ingested_is_waited_for_within_its_longest_delay() -
     assert not rule.wait_for_backlog(first_change=0.0, now=0.5, backlog=0)  # caught up
     assert not rule.wait_for_backlog(first_change=0.0, now=3.0, backlog=4_000)  # waited enough
     assert not RULE.wait_for_backlog(first_change=0.0, now=0.0, backlog=1)  # off by default
+
+
+def test_a_burst_waits_until_the_broker_confirmed_its_end() -> None:
+    # A lag of zero between two fetches of a fast burst is no end of it: a round of at least
+    # ``burst_records`` waits until the broker answered that nothing more arrived.
+    rule = Coalescing(debounce=0.010, max_delay=0.100, backlog_max_delay=3.0, burst_records=100)
+    wait = rule.wait_for_backlog
+    assert wait(first_change=0.0, now=0.5, backlog=0, records=4_000, unconfirmed=True)
+    assert not wait(first_change=0.0, now=0.5, backlog=0, records=4_000, unconfirmed=False)
+    assert not wait(first_change=0.0, now=3.0, backlog=0, records=4_000, unconfirmed=True)
+    # Joins one by one: most fetches bring a record, waiting for one that brings none would
+    # hold every join back.
+    assert not wait(first_change=0.0, now=0.05, backlog=0, records=99, unconfirmed=True)
+    assert wait(first_change=0.0, now=0.05, backlog=0, records=100, unconfirmed=True)

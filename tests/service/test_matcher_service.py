@@ -273,6 +273,38 @@ async def test_a_burst_still_to_be_ingested_becomes_one_solve(tmp_path: Path) ->
         await app.service.stop()
 
 
+async def test_a_burst_waits_for_the_broker_to_confirm_its_end(tmp_path: Path) -> None:
+    # Nothing is known to wait (a fast producer leaves the lag at zero between fetches), but
+    # the round is a burst and the broker has not yet answered that nothing more arrived: the
+    # solve waits for that answer, and follows it at once.
+    app = await bootstrap_matcher(
+        tmp_path, solve_debounce_ms=10, solve_max_delay_ms=50,
+        solve_backlog_max_delay_ms=30_000, solve_burst_records=2,
+    )  # fmt: skip
+    unconfirmed = [False]
+    app.service.backlog = lambda: 0
+    app.service.unconfirmed = lambda: unconfirmed[0]
+    await app.service.start()
+    try:
+        await eventually(lambda: _true(app.service.solves == 1), "the solve after the start")
+        unconfirmed[0] = True
+        await app.service.ingest([app.joined(m, j, **c) for m, j, c in NETWORK[:2]])
+        await asyncio.sleep(0.3)  # six times the longest delay of a round that is no burst
+        assert app.service.solves == 1 and app.service.solve_pending()
+        await app.service.ingest([app.joined(m, j, **c) for m, j, c in NETWORK[2:]])
+        unconfirmed[0] = False
+        await eventually(lambda: _true(app.service.solves == 2), "the burst's solve")
+        assert app.service.last_solve is not None and app.service.last_solve.proposed == 1
+        # One join alone is no burst: solved after its quiet moment, confirmed or not.
+        unconfirmed[0] = True
+        member, joined, _ = NETWORK[0]
+        update = public_member(member, joined, revision=2, population=31_000)
+        await app.service.ingest([app.record(Topics.CITY_UPDATED, update)])
+        await eventually(lambda: _true(app.service.solves == 3), "the single change's solve")
+    finally:
+        await app.service.stop()
+
+
 # --- the solver's member cache ---------------------------------------------------------------
 
 

@@ -24,12 +24,12 @@ class Coalescing:
     #: solve waits for them too, but at most this long after the first change: a solve in the
     #: middle of a burst plans newcomers whose plan the rest of the burst changes again.
     backlog_max_delay: float = 0.0
-    #: A round of at least this many records is a burst: besides the records the consumer knows
-    #: to wait, it waits until the consumer heard from the broker that nothing more arrived
-    #: (also within ``backlog_max_delay``): a producer faster than one fetch round leaves the
-    #: consumer's lag at zero between fetches. A smaller round (joins one by one) is solved
-    #: after its quiet moment: at a steady rate most fetches bring a record, and waiting for one
-    #: that brings none would hold every join back.
+    #: A round of at least this many records, counting those still to be ingested, is a burst:
+    #: it waits for the records the consumer knows to wait and until the consumer heard from
+    #: the broker that nothing more arrived, within ``backlog_max_delay`` (a producer faster
+    #: than one fetch round leaves the consumer's lag at zero between fetches). A smaller round
+    #: (joins one by one) waits for the records on their way at most ``max_delay``: at a steady
+    #: rate one usually is, and an early solve of a few newcomers costs little.
     burst_records: int = 100
 
     def quiet_wait(self, first_change: float, now: float) -> float:
@@ -50,10 +50,13 @@ class Coalescing:
         self, first_change: float, now: float, backlog: int, records: int = 0,
         unconfirmed: bool = False,
     ) -> bool:  # fmt: skip
-        """Whether to keep waiting because ``backlog`` records are still to be ingested, or
-        because the round's ``records`` make it a burst whose end is ``unconfirmed`` (the
-        consumer has not yet heard that nothing more waits); at most ``backlog_max_delay``
-        after the first change of the round."""
-        if now - first_change >= self.backlog_max_delay:
+        """Whether to keep waiting for the ``backlog`` records still to be ingested. A burst
+        (the round's ``records`` and the backlog make ``burst_records``) also waits while the
+        consumer has not yet heard that nothing more arrived (``unconfirmed``), at most
+        ``backlog_max_delay`` after the first change of the round; a smaller round at most
+        ``max_delay`` (never longer than ``backlog_max_delay``)."""
+        burst = records + backlog >= self.burst_records
+        limit = self.backlog_max_delay if burst else min(self.max_delay, self.backlog_max_delay)
+        if now - first_change >= limit:
             return False
-        return backlog > 0 or (unconfirmed and records >= self.burst_records)
+        return backlog > 0 or (burst and unconfirmed)

@@ -259,13 +259,14 @@ class MatcherService:
         one starts: under a long burst at least half of the time then goes to ingesting, so a
         burst of any size becomes a few solves, each taking every change up to its start,
         however long a solve takes (the planning runs in a worker thread, so the consumer
-        keeps its group session meanwhile). While the consumer is behind (records of a burst
-        still wait to be ingested), the solve waits for them, up to
+        keeps its group session meanwhile). A burst (a round of ``solve_burst_records`` or
+        more, counting the records still to be ingested) waits for its records still to come
+        and until the broker answered that nothing more arrived, up to
         ``solve_backlog_max_delay_ms`` after the first change: planning in the middle of a
-        burst is work the rest of the burst undoes. A round of ``solve_burst_records`` or more
-        also waits until the broker answered that nothing more arrived: a fast producer leaves
-        the lag at zero between fetches (a burst of 10,000 joins was solved two or three times
-        in three of five runs, taking twice as long).
+        burst is work the rest of the burst undoes, and a fast producer leaves the consumer's
+        lag at zero between fetches (a burst of 10,000 joins was solved two or three times in
+        three of five runs, taking twice as long). Joins one by one never wait for the records
+        behind them: at a steady rate one is usually on its way.
         """
         loop = asyncio.get_running_loop()
         rule = Coalescing(

@@ -38,17 +38,18 @@ class MatcherSettings(CommonSettings):
         default=3_000,
         ge=0,
         le=60_000,
-        description="Longest a change waits for its solve while records of the same burst "
-        "still wait to be ingested (the consumer is behind, or has not yet heard from the "
-        "broker that a burst ended): a burst becomes one solve.",
+        description="Longest a change of a burst waits for its solve while records of the "
+        "burst still wait to be ingested (the consumer is behind, or has not yet heard from "
+        "the broker that the burst ended): a burst becomes one solve.",
     )
     solve_burst_records: int = Field(
         default=100,
         ge=1,
         le=1_000_000,
-        description="Records since the last solve that make a burst: its solve also waits "
-        "until the broker answered that nothing more arrived (within the backlog delay). "
-        "Fewer (joins one by one) are solved after the quiet time.",
+        description="Records since the last solve, with those still to be ingested, that "
+        "make a burst: its solve waits for them and until the broker answered that nothing "
+        "more arrived (within the backlog delay). Fewer (joins one by one) wait for records "
+        "on their way within the longest delay only.",
     )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."

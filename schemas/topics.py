@@ -46,25 +46,45 @@ _SLUG_OF_LABEL: dict[str, str] = {label.casefold(): slug for slug, label in TOPI
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 
 
-#: The last vocabulary built and the ``TANDEM_EXTRA_TOPICS`` value it was built from: every
-#: validated topic list asks for the vocabulary, so it is built again only when the variable
-#: changed (an invalid value is never kept: it raises on every call).
-_last_vocabulary: tuple[str, frozenset[str]] = ("", frozenset(TOPICS))
+#: The process environment's own mapping (bytes to bytes on POSIX), read directly: asking
+#: ``os.environ`` for an unset variable raises and catches a KeyError inside (about 2 µs here),
+#: and every validated member asks twice (interests, strengths): 5 of the 22 µs a city.joined
+#: record took to validate. Whatever changes ``os.environ`` (assignment, ``putenv`` through it,
+#: pytest's monkeypatch) changes this mapping too. Elsewhere ``os.environ`` is asked.
+_ENVIRON: dict[bytes, bytes] | None = (
+    getattr(os.environ, "_data", None) if os.name == "posix" else None
+)
+_EXTRA_TOPICS = "TANDEM_EXTRA_TOPICS"
+_EXTRA_TOPICS_KEY = os.fsencode(_EXTRA_TOPICS)
+
+
+def _extra_topics() -> bytes | str | None:
+    """The raw value of ``TANDEM_EXTRA_TOPICS`` (None when unset)."""
+    if _ENVIRON is not None:
+        return _ENVIRON.get(_EXTRA_TOPICS_KEY)
+    return os.environ.get(_EXTRA_TOPICS)
+
+
+#: The last vocabulary built and the raw ``TANDEM_EXTRA_TOPICS`` value it was built from:
+#: every validated topic list asks for the vocabulary, so it is built again only when the
+#: variable changed (an invalid value is never kept: it raises on every call).
+_last_vocabulary: tuple[bytes | str | None, frozenset[str]] = (None, frozenset(TOPICS))
 
 
 def topic_vocabulary() -> frozenset[str]:
     """The topics accepted now: the built-in ones plus ``TANDEM_EXTRA_TOPICS``."""
     global _last_vocabulary
-    extra = os.environ.get("TANDEM_EXTRA_TOPICS", "")
+    raw = _extra_topics()
     built_from, vocabulary = _last_vocabulary
-    if extra == built_from:
+    if raw == built_from:
         return vocabulary
+    extra = os.fsdecode(raw) if isinstance(raw, bytes) else (raw or "")
     added = {t.strip() for t in extra.split(",") if t.strip()}
     bad = sorted(t for t in added if not _SLUG.match(t))
     if bad:
         raise ValueError(f"TANDEM_EXTRA_TOPICS holds invalid topic slugs: {', '.join(bad)}")
     vocabulary = frozenset(TOPICS) | frozenset(added)
-    _last_vocabulary = (extra, vocabulary)
+    _last_vocabulary = (raw, vocabulary)
     return vocabulary
 
 

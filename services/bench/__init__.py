@@ -21,7 +21,7 @@ from typing import Any
 
 from services.bench import assignment, incremental, memory, pipeline, registry
 from services.bench.report import check_targets
-from services.runtime import GC_OLD_THRESHOLD, settle_garbage_collector
+from services.runtime import GC_MIDDLE_THRESHOLD, GC_OLD_THRESHOLD, settle_garbage_collector
 
 #: The parts of ``tandem bench``, in the order they run.
 PARTS = ("assignment", "baselines", "incremental", "pipeline", "registry", "memory")
@@ -132,8 +132,8 @@ async def run_bench(
     parts = set(PARTS) if only is None else set(only)
     results: dict[str, Any] = {}
     # The in-process figures plan as the matcher's process does: with its garbage collector
-    # settings (start-up frozen, full collections rarer).
-    settle_garbage_collector(old_threshold=GC_OLD_THRESHOLD)
+    # settings (start-up frozen, middle and full collections rarer).
+    settle_garbage_collector(middle_threshold=GC_MIDDLE_THRESHOLD, old_threshold=GC_OLD_THRESHOLD)
     if "assignment" in parts:
         results["assignment"] = []
         for newcomers, mentors in sizes.assignment:

@@ -21,7 +21,12 @@ from services.bench import wrk
 from services.bench.report import check_targets, table
 from services.bench.synthetic import generate
 from services.registry.admission import check
-from services.runtime import GC_OLD_THRESHOLD, GC_YOUNG_THRESHOLD, settle_garbage_collector
+from services.runtime import (
+    GC_MIDDLE_THRESHOLD,
+    GC_OLD_THRESHOLD,
+    GC_YOUNG_THRESHOLD,
+    settle_garbage_collector,
+)
 
 #: The last lines of a real run (wrk 4.1.0, against the bare reference app).
 OUTPUT = """Running 4s test @ http://127.0.0.1:18431
@@ -150,8 +155,10 @@ def test_settling_the_garbage_collector_freezes_start_up_and_raises_its_threshol
         settle_garbage_collector(GC_YOUNG_THRESHOLD)
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
         gc.set_threshold(*threshold)
-        settle_garbage_collector(old_threshold=GC_OLD_THRESHOLD)  # a process with the matcher
-        assert gc.get_threshold() == (*threshold[:2], GC_OLD_THRESHOLD)
+        settle_garbage_collector(  # a process with the matcher
+            middle_threshold=GC_MIDDLE_THRESHOLD, old_threshold=GC_OLD_THRESHOLD
+        )
+        assert gc.get_threshold() == (threshold[0], GC_MIDDLE_THRESHOLD, GC_OLD_THRESHOLD)
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)

@@ -91,6 +91,7 @@ class MatcherService:
         self.unconfirmed: Callable[[], bool] = self.intake.unconfirmed
         self._ingesting = 0  # batches being applied (received, so no longer in the backlog)
         self._round_records = 0  # records ingested since the last solve started
+        self._last_batch = 0  # records of the last batch ingested
 
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -154,6 +155,7 @@ class MatcherService:
             )  # fmt: skip
         self._ingesting += 1  # the consumer's lag no longer counts these records
         self._round_records += len(deliveries)
+        self._last_batch = len(deliveries)
         self.intake.note(deliveries)
         try:
             changed, buried = await retry_transient(lambda: self._apply(valid, dead))
@@ -293,7 +295,7 @@ class MatcherService:
             # A burst the consumer has not caught up with: its records join this solve.
             while rule.wait_for_backlog(
                 first, loop.time(), self.backlog() + self._ingesting, self._round_records,
-                self.unconfirmed(),
+                self.unconfirmed(), self._last_batch,
             ):  # fmt: skip
                 self._solving = True  # waiting for its solve counts as pending
                 self._dirty.clear()

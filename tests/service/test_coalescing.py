@@ -96,13 +96,39 @@ def test_a_burst_waits_until_the_broker_confirmed_its_end() -> None:
     # ``burst_records`` waits until the broker answered that nothing more arrived.
     rule = Coalescing(debounce=0.010, max_delay=0.100, backlog_max_delay=3.0, burst_records=100)
     wait = rule.wait_for_backlog
-    assert wait(first_change=0.0, now=0.5, backlog=0, records=4_000, unconfirmed=True)
-    assert not wait(first_change=0.0, now=0.5, backlog=0, records=4_000, unconfirmed=False)
-    assert not wait(first_change=0.0, now=3.0, backlog=0, records=4_000, unconfirmed=True)
+    big = 1_500  # the last batch: records arrive faster than one fetch round
+    assert wait(
+        first_change=0.0, now=0.5, backlog=0, records=4_000, unconfirmed=True, last_batch=big
+    )
+    assert not wait(
+        first_change=0.0, now=0.5, backlog=0, records=4_000, unconfirmed=False, last_batch=big
+    )
+    assert not wait(
+        first_change=0.0, now=3.0, backlog=0, records=4_000, unconfirmed=True, last_batch=big
+    )
     # Joins one by one: a record is usually on its way, and waiting for none would hold every
     # join back; the few known to come are waited for within the longest delay only.
-    assert not wait(first_change=0.0, now=0.05, backlog=0, records=99, unconfirmed=True)
-    assert wait(first_change=0.0, now=0.05, backlog=2, records=3, unconfirmed=True)
-    assert not wait(first_change=0.0, now=0.1, backlog=2, records=3, unconfirmed=True)
-    assert wait(first_change=0.0, now=0.05, backlog=0, records=100, unconfirmed=True)
-    assert wait(first_change=0.0, now=0.5, backlog=90, records=10, unconfirmed=False)
+    assert not wait(
+        first_change=0.0, now=0.05, backlog=0, records=99, unconfirmed=True, last_batch=1
+    )
+    assert wait(first_change=0.0, now=0.05, backlog=2, records=3, unconfirmed=True, last_batch=1)
+    assert not wait(first_change=0.0, now=0.1, backlog=2, records=3, unconfirmed=True, last_batch=1)
+    assert wait(
+        first_change=0.0, now=0.05, backlog=0, records=100, unconfirmed=True, last_batch=100
+    )
+    assert wait(first_change=0.0, now=0.5, backlog=90, records=10, unconfirmed=False, last_batch=10)
+
+
+def test_a_burst_that_thinned_to_a_steady_stream_waits_no_longer() -> None:
+    # A matcher that fell behind a steady stream catches up with a big batch, then gets the
+    # joins one by one again: most fetches bring one, so the broker rarely confirms an end,
+    # and the round (a burst by its records) would wait until the longest backlog delay.
+    rule = Coalescing(debounce=0.010, max_delay=0.100, backlog_max_delay=3.0, burst_records=100)
+    assert rule.burst_batch == 10
+    wait = rule.wait_for_backlog
+    assert wait(first_change=0.0, now=0.1, backlog=0, records=103, unconfirmed=True, last_batch=72)
+    assert not wait(
+        first_change=0.0, now=0.1, backlog=1, records=105, unconfirmed=True, last_batch=1
+    )
+    # Records still known to come in numbers keep it waiting, whatever the last batch was.
+    assert wait(first_change=0.0, now=0.1, backlog=400, records=105, unconfirmed=True, last_batch=1)

@@ -48,8 +48,9 @@ class MatcherSettings(CommonSettings):
         le=1_000_000,
         description="Records since the last solve, with those still to be ingested, that "
         "make a burst: its solve waits for them and until the broker answered that nothing "
-        "more arrived (within the backlog delay). Fewer (joins one by one) wait for records "
-        "on their way within the longest delay only.",
+        "more arrived (within the backlog delay), unless its batches thinned to under a tenth "
+        "of this. Fewer (joins one by one) wait for records on their way within the longest "
+        "delay only.",
     )
     advice_window_days: int = Field(
         default=90, ge=1, le=3650, description="Fairness window: recent recommendations count."

@@ -22,6 +22,8 @@ from services.infra.records import Consumed, Delivery, Poison, decode_delivery
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+#: Longest a consumer's stop may take (leaving its group, closing its connections).
+CONSUMER_STOP_SECONDS = 15
 
 
 def records_of(message: KafkaMessage) -> tuple[Any, ...]:
@@ -427,6 +429,12 @@ class SupervisedConsumer:
                 self._restart_after = self._stall
 
     async def stop(self) -> None:
-        """Stop the consumer (the task running :meth:`run` is cancelled by the caller)."""
-        with contextlib.suppress(Exception):
-            await self.broker.stop()
+        """Stop the consumer (the task running :meth:`run` is cancelled by the caller), within
+        ``CONSUMER_STOP_SECONDS``: a shutdown must end even if the broker does not answer."""
+        try:
+            await asyncio.wait_for(self.broker.stop(), CONSUMER_STOP_SECONDS)
+        except TimeoutError:
+            log.warning("consumer %s did not stop in %d s; left behind", self.name,
+                        CONSUMER_STOP_SECONDS)  # fmt: skip
+        except Exception:  # already stopped, or a broker that is gone: nothing to stop
+            pass

@@ -1,11 +1,18 @@
-"""The consumer watch's judgement, without a broker: stuck, progressing, offsets lost."""
+"""The consumer watch's judgement, without a broker: stuck, progressing, offsets lost; and a
+stop that never ends."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.infra.consumer import GroupState, ProgressWatch
+from services.infra import consumer as consumer_module
+from services.infra.consumer import GroupState, ProgressWatch, SupervisedConsumer
+from services.infra.settings import CommonSettings
 
 TP = ("city.joined", 0)
 
@@ -64,3 +71,18 @@ def test_stall_is_the_time_since_the_last_progress(looks: list[tuple[int, int]])
         assert seen.offsets_lost == lost
         assert seen.stalled_for == now - last_progress
         committed_before = committed
+
+
+async def test_a_consumer_that_does_not_stop_is_left_behind_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A shutdown must end even if the broker never answers the consumer's goodbye.
+    class Hanging:
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(consumer_module, "CONSUMER_STOP_SECONDS", 0.05)
+    settings = CommonSettings(broker="127.0.0.1:9", database_url=None, data=Path("."))
+    supervised = SupervisedConsumer(lambda: Hanging(), lambda: None, settings, name="matcher")  # type: ignore[arg-type,return-value]
+    await asyncio.wait_for(supervised.stop(), 5)
+    assert "did not stop" in caplog.text

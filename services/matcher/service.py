@@ -153,7 +153,7 @@ class MatcherService:
                 extra={"topic": delivery.topic, "offset": delivery.offset,
                        "error": str(delivery.error)[:200]},
             )  # fmt: skip
-        self._ingesting += 1  # the consumer's lag no longer counts these records
+        self._ingesting += 1  # noted below: the intake's backlog no longer counts them
         self._round_records += len(deliveries)
         self._last_batch = len(deliveries)
         self.intake.note(deliveries)
@@ -267,8 +267,9 @@ class MatcherService:
         ``solve_backlog_max_delay_ms`` after the first change: planning in the middle of a
         burst is work the rest of the burst undoes, and a fast producer leaves the consumer's
         lag at zero between fetches (a burst of 10,000 joins was solved two or three times in
-        three of five runs, taking twice as long). Joins one by one never wait for the records
-        behind them: at a steady rate one is usually on its way.
+        three of five runs, taking twice as long); a burst that thinned to a steady stream stops
+        waiting. Joins one by one wait for the records on their way at most
+        ``solve_max_delay_ms``: at a steady rate one usually is.
         """
         loop = asyncio.get_running_loop()
         rule = Coalescing(
